@@ -1,0 +1,65 @@
+//! The hyperlight-wasm guest: a `no_std` program that runs at CPL3 inside the
+//! micro-VM and executes precompiled WebAssembly with wasmtime's runtime.
+//!
+//! - [`host`]: the only way out: the shared buffers and the `out` ports.
+//! - [`platform`]: what wasmtime's `no_std` runtime needs from us (thread
+//!   locals, code memory, CPU feature detection) and the heap allocator.
+//! - [`runtime`]: the engine, the loaded module and the request dispatcher.
+//!
+//! The guest trusts the host (the host wrote its memory and can reset it at
+//! will); the host trusts nothing the guest writes.
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod host;
+mod platform;
+mod runtime;
+
+use hyperlight_wasm_protocol::PROTOCOL_VERSION;
+use hyperlight_wasm_protocol::boot::{BOOT_MAGIC, BootInfo};
+use hyperlight_wasm_protocol::message::{ErrorCode, Response};
+
+/// The entry point: the host starts the vCPU here with `rdi` = the address of
+/// the [`BootInfo`] block and `rsp` at the top of the stack.
+#[unsafe(no_mangle)]
+#[unsafe(link_section = ".text._start")]
+pub extern "C" fn _start(boot: *const BootInfo) -> ! {
+    // SAFETY: the host writes a BootInfo at this address before it starts the
+    // vCPU and maps it readable; read_volatile copies it out whole.
+    let info = unsafe { boot.read_volatile() };
+    if info.magic != BOOT_MAGIC || info.protocol_version != PROTOCOL_VERSION {
+        // No buffers we can trust to hold a message: report with a bare exit.
+        host::abort_without_message();
+    }
+    // SAFETY: BootInfo comes from the host, which gives the guest exclusive
+    // use of these regions; this runs once, before any allocation.
+    unsafe {
+        host::init(&info);
+        platform::init_heap(info.heap);
+    }
+
+    let mut runtime = match runtime::Runtime::new(&info) {
+        Ok(runtime) => runtime,
+        Err(e) => host::abort(ErrorCode::Other, format_args!("cannot start wasmtime: {e:?}")),
+    };
+
+    let mut response = Response::Ready {
+        protocol_version: PROTOCOL_VERSION,
+    };
+    loop {
+        // Hands the answer to the host; returns when the host has written
+        // the next request.
+        host::finish(&response);
+        response = match host::read_request() {
+            Ok(request) => runtime.handle(request),
+            Err(e) => runtime::failed(ErrorCode::BadRequest, format_args!("{e}")),
+        };
+    }
+}
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    host::abort_on_panic(info)
+}

@@ -1,0 +1,295 @@
+//! The messages host and guest exchange through the shared buffers.
+//!
+//! One guest request runs like this:
+//!
+//! 1. The host encodes a [`Request`] into the input buffer and runs the vCPU.
+//! 2. If the guest needs the host before it is done, it encodes an
+//!    [`OutCall`] into the output buffer and exits on [`Port::OutCall`]. The
+//!    host answers with an [`OutCallReply`] in the input buffer and resumes
+//!    the vCPU. This can repeat.
+//! 3. The guest encodes its [`Response`] into the output buffer and exits on
+//!    [`Port::Done`]; it then waits for the next request.
+//!
+//! A guest that cannot go on writes an [`Abort`] and exits on
+//! [`Port::Abort`]. Right after boot the guest sends
+//! [`Response::Ready`] without a request.
+//!
+//! [`Port::OutCall`]: crate::port::Port::OutCall
+//! [`Port::Done`]: crate::port::Port::Done
+//! [`Port::Abort`]: crate::port::Port::Abort
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// A value that crosses the boundary as an argument or a result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Value {
+    /// No value (the result of a function that returns nothing).
+    Void,
+    /// A wasm `i32`.
+    I32(i32),
+    /// A `u32`, carried in a wasm `i32`.
+    U32(u32),
+    /// A wasm `i64`.
+    I64(i64),
+    /// A `u64`, carried in a wasm `i64`.
+    U64(u64),
+    /// A wasm `f32` (its bits travel unchanged, NaN payloads included).
+    F32(f32),
+    /// A wasm `f64` (its bits travel unchanged, NaN payloads included).
+    F64(f64),
+    /// A `bool`, carried in a wasm `i32` (0 or 1).
+    Bool(bool),
+    /// UTF-8 text.
+    String(String),
+    /// A byte buffer.
+    Bytes(Vec<u8>),
+}
+
+/// The type of a [`Value`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ValueType {
+    /// No value.
+    Void,
+    /// `i32`.
+    I32,
+    /// `u32`.
+    U32,
+    /// `i64`.
+    I64,
+    /// `u64`.
+    U64,
+    /// `f32`.
+    F32,
+    /// `f64`.
+    F64,
+    /// `bool`.
+    Bool,
+    /// UTF-8 text.
+    String,
+    /// A byte buffer.
+    Bytes,
+}
+
+impl Value {
+    /// The type of this value.
+    pub fn ty(&self) -> ValueType {
+        match self {
+            Value::Void => ValueType::Void,
+            Value::I32(_) => ValueType::I32,
+            Value::U32(_) => ValueType::U32,
+            Value::I64(_) => ValueType::I64,
+            Value::U64(_) => ValueType::U64,
+            Value::F32(_) => ValueType::F32,
+            Value::F64(_) => ValueType::F64,
+            Value::Bool(_) => ValueType::Bool,
+            Value::String(_) => ValueType::String,
+            Value::Bytes(_) => ValueType::Bytes,
+        }
+    }
+}
+
+impl ValueType {
+    /// A short lower-case name, as Rust spells the type.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ValueType::Void => "()",
+            ValueType::I32 => "i32",
+            ValueType::U32 => "u32",
+            ValueType::I64 => "i64",
+            ValueType::U64 => "u64",
+            ValueType::F32 => "f32",
+            ValueType::F64 => "f64",
+            ValueType::Bool => "bool",
+            ValueType::String => "String",
+            ValueType::Bytes => "Vec<u8>",
+        }
+    }
+}
+
+impl core::fmt::Display for ValueType {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A request from the host, in the input buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Load a precompiled module of `artifact_len` bytes. The guest allocates
+    /// a buffer, asks the host to fill it with [`OutCall::ArtifactBuffer`],
+    /// deserializes and instantiates the module, and answers
+    /// [`Response::ModuleLoaded`].
+    LoadModule {
+        /// Size of the precompiled artifact in bytes.
+        artifact_len: u64,
+    },
+    /// Call an exported function of the loaded module.
+    Call {
+        /// Export name.
+        function: String,
+        /// Arguments, in order.
+        args: Vec<Value>,
+        /// The type the caller expects back.
+        returns: ValueType,
+    },
+    /// Drop the loaded module and its instance; answered by
+    /// [`Response::ModuleUnloaded`].
+    UnloadModule,
+}
+
+/// The guest's answer to a [`Request`] (or [`Response::Ready`] after boot),
+/// in the output buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// The guest booted and its runtime is ready.
+    Ready {
+        /// The guest's [`crate::PROTOCOL_VERSION`].
+        protocol_version: u32,
+    },
+    /// The module is loaded and instantiated.
+    ModuleLoaded,
+    /// The function returned this value.
+    Returned(Value),
+    /// The module is unloaded.
+    ModuleUnloaded,
+    /// The request failed.
+    Failed(GuestError),
+}
+
+/// A guest's call to the host in the middle of a request, in the output
+/// buffer. The guest waits for an [`OutCallReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OutCall {
+    /// During [`Request::LoadModule`]: the host must copy the artifact to
+    /// `[addr, addr + len)`, a buffer the guest allocated in its heap.
+    ArtifactBuffer {
+        /// Guest address of the buffer.
+        addr: u64,
+        /// Its length; must equal the artifact's length.
+        len: u64,
+    },
+}
+
+/// The host's answer to an [`OutCall`], in the input buffer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum OutCallReply {
+    /// Done as asked.
+    Done,
+}
+
+/// Why the guest stopped for good, in the output buffer at
+/// [`crate::port::Port::Abort`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Abort<'a> {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable description (may be truncated by the guest).
+    pub message: &'a str,
+}
+
+/// A request that failed inside the guest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GuestError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// A human-readable description.
+    pub message: String,
+}
+
+/// Every kind of failure the guest reports. The host maps each to a variant
+/// of its public error type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The guest could not decode the host's request (a host bug).
+    BadRequest,
+    /// A call or an unload arrived while no module is loaded.
+    NoModuleLoaded,
+    /// A load arrived while a module is loaded.
+    ModuleAlreadyLoaded,
+    /// The artifact was not produced by this wasmtime version and engine
+    /// configuration, or is not a precompiled module at all.
+    IncompatibleArtifact,
+    /// The module imports something the sandbox does not provide.
+    UnknownImport,
+    /// Instantiating the module failed (for example its start function
+    /// trapped).
+    InstantiationFailed,
+    /// The module has no exported function of that name.
+    FunctionNotFound,
+    /// The call passed a different number of arguments than the function
+    /// takes.
+    ParameterCountMismatch,
+    /// An argument's type does not fit the function's parameter type.
+    ParameterTypeMismatch,
+    /// The requested return type does not fit the function's result type.
+    ReturnTypeMismatch,
+    /// Wasm trap: `unreachable` executed.
+    TrapUnreachable,
+    /// Wasm trap: integer division by zero.
+    TrapIntegerDivisionByZero,
+    /// Wasm trap: integer overflow (e.g. `i32::MIN / -1`).
+    TrapIntegerOverflow,
+    /// Wasm trap: float to integer conversion of NaN or out-of-range value.
+    TrapBadConversionToInteger,
+    /// Wasm trap: linear memory access out of bounds.
+    TrapMemoryOutOfBounds,
+    /// Wasm trap: table access out of bounds.
+    TrapTableOutOfBounds,
+    /// Wasm trap: indirect call through a null table entry.
+    TrapIndirectCallToNull,
+    /// Wasm trap: indirect call with the wrong signature.
+    TrapBadSignature,
+    /// Wasm trap: the wasm call stack is exhausted.
+    TrapStackOverflow,
+    /// Wasm trap: misaligned atomic access.
+    TrapHeapMisaligned,
+    /// Any other wasm trap.
+    TrapOther,
+    /// The guest heap is exhausted.
+    OutOfMemory,
+    /// The guest runtime panicked.
+    Panic,
+    /// A failure the other codes do not describe.
+    Other,
+}
+
+impl ErrorCode {
+    /// A stable name, used in messages and as a metric label value.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "BadRequest",
+            ErrorCode::NoModuleLoaded => "NoModuleLoaded",
+            ErrorCode::ModuleAlreadyLoaded => "ModuleAlreadyLoaded",
+            ErrorCode::IncompatibleArtifact => "IncompatibleArtifact",
+            ErrorCode::UnknownImport => "UnknownImport",
+            ErrorCode::InstantiationFailed => "InstantiationFailed",
+            ErrorCode::FunctionNotFound => "FunctionNotFound",
+            ErrorCode::ParameterCountMismatch => "ParameterCountMismatch",
+            ErrorCode::ParameterTypeMismatch => "ParameterTypeMismatch",
+            ErrorCode::ReturnTypeMismatch => "ReturnTypeMismatch",
+            ErrorCode::TrapUnreachable => "TrapUnreachable",
+            ErrorCode::TrapIntegerDivisionByZero => "TrapIntegerDivisionByZero",
+            ErrorCode::TrapIntegerOverflow => "TrapIntegerOverflow",
+            ErrorCode::TrapBadConversionToInteger => "TrapBadConversionToInteger",
+            ErrorCode::TrapMemoryOutOfBounds => "TrapMemoryOutOfBounds",
+            ErrorCode::TrapTableOutOfBounds => "TrapTableOutOfBounds",
+            ErrorCode::TrapIndirectCallToNull => "TrapIndirectCallToNull",
+            ErrorCode::TrapBadSignature => "TrapBadSignature",
+            ErrorCode::TrapStackOverflow => "TrapStackOverflow",
+            ErrorCode::TrapHeapMisaligned => "TrapHeapMisaligned",
+            ErrorCode::TrapOther => "TrapOther",
+            ErrorCode::OutOfMemory => "OutOfMemory",
+            ErrorCode::Panic => "Panic",
+            ErrorCode::Other => "Other",
+        }
+    }
+}
+
+impl core::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.name())
+    }
+}

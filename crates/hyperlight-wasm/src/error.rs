@@ -1,0 +1,445 @@
+//! The errors of this crate: one [`Error`] type, with a variant per way a
+//! step can fail, and the detail types some variants carry.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use hyperlight_wasm_protocol::message::ErrorCode;
+use hyperlight_wasm_protocol::wire::WireError;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A boxed error from a dependency, kept as the `source` of ours.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Everything that can go wrong.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// KVM cannot be used in this process.
+    #[error("no usable hypervisor: {reason}")]
+    HypervisorUnavailable {
+        /// What is missing and how to fix it.
+        reason: String,
+        /// The OS or KVM error, if there was one.
+        #[source]
+        source: Option<kvm_ioctls::Error>,
+    },
+    /// A KVM call failed.
+    #[error("KVM operation {operation} failed")]
+    Kvm {
+        /// The ioctl or step that failed.
+        operation: &'static str,
+        /// The error KVM returned.
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    /// An operating-system call other than KVM failed.
+    #[error("cannot {operation}")]
+    Os {
+        /// What the host tried to do.
+        operation: &'static str,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The embedded guest image is unusable (a build problem).
+    #[error("the embedded guest image is invalid: {message}")]
+    InvalidGuestImage {
+        /// What is wrong with it.
+        message: String,
+    },
+    /// A [`crate::SandboxBuilder`] setting is out of range.
+    #[error("invalid sandbox configuration: {setting} = {value} {reason}")]
+    InvalidConfiguration {
+        /// The setting's builder method.
+        setting: &'static str,
+        /// The value given.
+        value: u64,
+        /// The allowed range.
+        reason: String,
+    },
+    /// The module file could not be read.
+    #[error("cannot read module file {}", path.display())]
+    ReadModule {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The bytes are neither a WebAssembly module (binary or text) nor a
+    /// precompiled module.
+    #[error("not a WebAssembly module: {reason}")]
+    NotWasm {
+        /// What the bytes look like instead.
+        reason: String,
+    },
+    /// The WebAssembly module does not parse, validate or compile.
+    #[error("the WebAssembly module is invalid")]
+    InvalidModule {
+        /// wasmtime's diagnosis.
+        #[source]
+        source: BoxError,
+    },
+    /// A precompiled module was produced by another wasmtime version or
+    /// configuration, or for another CPU, and cannot run here.
+    #[error("the precompiled module cannot be used by this sandbox: {message}")]
+    IncompatibleModule {
+        /// Why, as the guest's wasmtime reported it.
+        message: String,
+    },
+    /// The module imports something the sandbox does not provide.
+    #[error("cannot load the module: {message}")]
+    UnknownImport {
+        /// Names the import.
+        message: String,
+    },
+    /// Instantiating the module failed.
+    #[error("cannot instantiate the module: {message}")]
+    Instantiation {
+        /// Why.
+        message: String,
+    },
+    /// The module exports no function of that name.
+    #[error("the module has no exported function `{function}`")]
+    GuestFunctionNotFound {
+        /// The name called.
+        function: String,
+    },
+    /// The call passed a different number of arguments than the function
+    /// takes.
+    #[error("wrong number of arguments for guest function `{function}`: {message}")]
+    GuestFunctionParameterCountMismatch {
+        /// The function called.
+        function: String,
+        /// Expected and given counts.
+        message: String,
+    },
+    /// An argument's type does not match the function's parameter.
+    #[error("wrong argument type for guest function `{function}`: {message}")]
+    GuestFunctionParameterTypeMismatch {
+        /// The function called.
+        function: String,
+        /// Which argument, and the types.
+        message: String,
+    },
+    /// The requested return type does not match the function's result.
+    #[error("wrong return type for guest function `{function}`: {message}")]
+    GuestFunctionReturnTypeMismatch {
+        /// The function called.
+        function: String,
+        /// The types.
+        message: String,
+    },
+    /// The wasm code trapped. The sandbox stays usable.
+    #[error("guest function `{function}` trapped: {kind}")]
+    GuestTrap {
+        /// The function called (or "the start function" during a load).
+        function: String,
+        /// What kind of trap.
+        kind: TrapKind,
+        /// wasmtime's description, with the wasm backtrace.
+        message: String,
+    },
+    /// The guest ran out of heap.
+    #[error("the guest ran out of memory: {message}")]
+    GuestOutOfMemory {
+        /// What failed.
+        message: String,
+    },
+    /// The guest reported a failure no other variant describes.
+    #[error("the guest failed ({code}): {message}")]
+    GuestFailed {
+        /// The guest's error code.
+        code: ErrorCode,
+        /// Its description.
+        message: String,
+    },
+    /// The guest stopped for good (a panic in the guest runtime).
+    #[error("the guest aborted ({code}): {message}")]
+    GuestAborted {
+        /// The guest's error code.
+        code: ErrorCode,
+        /// Its description.
+        message: String,
+    },
+    /// The guest raised a CPU exception.
+    #[error("{0}")]
+    GuestException(GuestException),
+    /// The guest's CPU shut down (a triple fault): an exception occurred while
+    /// the guest could not even report one.
+    #[error("the guest triple-faulted (CPU shutdown) at RIP {rip:#x}")]
+    TripleFault {
+        /// Where the guest was.
+        rip: u64,
+    },
+    /// The guest accessed guest-physical memory that does not exist.
+    #[error("the guest accessed guest-physical address {gpa:#x}, outside its memory, at RIP {rip:#x}")]
+    GuestMemoryViolation {
+        /// The address.
+        gpa: u64,
+        /// Where the guest was.
+        rip: u64,
+    },
+    /// The vCPU stopped for a reason the protocol does not allow.
+    #[error("the guest caused an unexpected VM exit ({exit}) at RIP {rip:#x}")]
+    UnexpectedExit {
+        /// The exit, as KVM reported it.
+        exit: String,
+        /// Where the guest was.
+        rip: u64,
+    },
+    /// A request cannot be encoded or does not fit the guest's input buffer.
+    #[error("cannot send the request to the guest: {reason}")]
+    RequestTooLarge {
+        /// Why.
+        reason: String,
+    },
+    /// The guest wrote something the protocol does not allow.
+    #[error("the guest broke the host-guest protocol")]
+    Protocol(#[from] ProtocolError),
+    /// An earlier failure left the sandbox unusable.
+    #[error("the sandbox is unusable after an earlier failure: {reason}")]
+    Poisoned {
+        /// The failure that poisoned it.
+        reason: String,
+    },
+}
+
+/// Ways the guest can break the protocol. The host checks everything the
+/// guest writes; any of these makes the sandbox unusable.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A message in the output buffer is malformed.
+    #[error("malformed {what} in the output buffer")]
+    Malformed {
+        /// Which message was expected.
+        what: &'static str,
+        /// How it is malformed.
+        #[source]
+        source: WireError,
+    },
+    /// The guest sent a message that does not belong at this point.
+    #[error("the guest sent {got} while the host expected {expected}")]
+    UnexpectedMessage {
+        /// What the host was waiting for.
+        expected: &'static str,
+        /// What came instead.
+        got: String,
+    },
+    /// The guest named memory it does not own.
+    #[error("the guest asked the host to use {len} bytes at {addr:#x}, outside its heap")]
+    OutOfBounds {
+        /// Start address.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The guest asked for a buffer of the wrong size.
+    #[error("the guest offered {offered} bytes for a {needed}-byte module")]
+    WrongLength {
+        /// Bytes the guest offered.
+        offered: u64,
+        /// Bytes needed.
+        needed: u64,
+    },
+    /// The guest speaks another protocol version.
+    #[error("the guest speaks protocol version {guest}, the host version {host}")]
+    VersionMismatch {
+        /// The guest's version.
+        guest: u32,
+        /// The host's version.
+        host: u32,
+    },
+}
+
+/// The kinds of WebAssembly trap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TrapKind {
+    /// `unreachable` was executed.
+    Unreachable,
+    /// Integer division by zero.
+    IntegerDivisionByZero,
+    /// Integer overflow (e.g. `i32::MIN / -1`).
+    IntegerOverflow,
+    /// A float-to-integer conversion of NaN or an out-of-range value.
+    BadConversionToInteger,
+    /// Linear memory access out of bounds.
+    MemoryOutOfBounds,
+    /// Table access out of bounds.
+    TableOutOfBounds,
+    /// Indirect call through a null table entry.
+    IndirectCallToNull,
+    /// Indirect call with the wrong signature.
+    BadSignature,
+    /// The wasm call stack is exhausted.
+    StackOverflow,
+    /// A misaligned atomic access.
+    HeapMisaligned,
+    /// Another trap; the message says which.
+    Other,
+}
+
+impl TrapKind {
+    /// The trap kind for a guest error code, if the code is a trap.
+    pub(crate) fn from_code(code: ErrorCode) -> Option<TrapKind> {
+        Some(match code {
+            ErrorCode::TrapUnreachable => TrapKind::Unreachable,
+            ErrorCode::TrapIntegerDivisionByZero => TrapKind::IntegerDivisionByZero,
+            ErrorCode::TrapIntegerOverflow => TrapKind::IntegerOverflow,
+            ErrorCode::TrapBadConversionToInteger => TrapKind::BadConversionToInteger,
+            ErrorCode::TrapMemoryOutOfBounds => TrapKind::MemoryOutOfBounds,
+            ErrorCode::TrapTableOutOfBounds => TrapKind::TableOutOfBounds,
+            ErrorCode::TrapIndirectCallToNull => TrapKind::IndirectCallToNull,
+            ErrorCode::TrapBadSignature => TrapKind::BadSignature,
+            ErrorCode::TrapStackOverflow => TrapKind::StackOverflow,
+            ErrorCode::TrapHeapMisaligned => TrapKind::HeapMisaligned,
+            ErrorCode::TrapOther => TrapKind::Other,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrapKind::Unreachable => "unreachable code executed",
+            TrapKind::IntegerDivisionByZero => "integer division by zero",
+            TrapKind::IntegerOverflow => "integer overflow",
+            TrapKind::BadConversionToInteger => "invalid conversion to integer",
+            TrapKind::MemoryOutOfBounds => "out-of-bounds memory access",
+            TrapKind::TableOutOfBounds => "out-of-bounds table access",
+            TrapKind::IndirectCallToNull => "indirect call to a null table entry",
+            TrapKind::BadSignature => "indirect call with the wrong signature",
+            TrapKind::StackOverflow => "wasm stack overflow",
+            TrapKind::HeapMisaligned => "misaligned memory access",
+            TrapKind::Other => "other trap",
+        })
+    }
+}
+
+/// A CPU exception in the guest, as the host's exception stubs reported it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GuestException {
+    /// The exception vector (0-31).
+    pub vector: u8,
+    /// The CPU's error code, for the vectors that push one.
+    pub error_code: Option<u64>,
+    /// The guest instruction that faulted.
+    pub rip: u64,
+    /// For page faults, the address the guest accessed (CR2).
+    pub fault_address: Option<u64>,
+    /// What the host makes of it.
+    pub cause: FaultCause,
+    /// The guest function containing `rip`, if the guest image names it.
+    pub function: Option<String>,
+}
+
+/// The host's reading of a [`GuestException`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FaultCause {
+    /// An access to the unmapped first page: a null pointer.
+    NullPointer,
+    /// An access to the guard page below the stack: the guest's native stack
+    /// overflowed.
+    StackOverflow,
+    /// An access to an address the guest has no mapping for.
+    UnmappedAddress,
+    /// An access the page's protection forbids (a write to read-only memory,
+    /// user access to a supervisor page, a fetch from non-executable memory).
+    ProtectionViolation,
+    /// An instruction the guest may not execute (at CPL3: `hlt`, `in`, `out`
+    /// to a port the protocol does not define, privileged instructions).
+    PrivilegedInstruction,
+    /// Any other exception; the vector says which.
+    Other,
+}
+
+impl GuestException {
+    /// The exception's short name, e.g. `#PF`.
+    pub fn mnemonic(&self) -> &'static str {
+        exception_mnemonic(self.vector)
+    }
+}
+
+pub(crate) fn exception_mnemonic(vector: u8) -> &'static str {
+    match vector {
+        0 => "#DE (divide error)",
+        1 => "#DB (debug)",
+        2 => "NMI",
+        3 => "#BP (breakpoint)",
+        4 => "#OF (overflow)",
+        5 => "#BR (bound range)",
+        6 => "#UD (invalid opcode)",
+        7 => "#NM (device not available)",
+        8 => "#DF (double fault)",
+        10 => "#TS (invalid TSS)",
+        11 => "#NP (segment not present)",
+        12 => "#SS (stack-segment fault)",
+        13 => "#GP (general protection)",
+        14 => "#PF (page fault)",
+        16 => "#MF (x87 floating point)",
+        17 => "#AC (alignment check)",
+        18 => "#MC (machine check)",
+        19 => "#XM (SIMD floating point)",
+        20 => "#VE (virtualization)",
+        21 => "#CP (control protection)",
+        _ => "reserved exception",
+    }
+}
+
+impl fmt::Display for GuestException {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the guest raised {} (vector {}) at RIP {:#x}",
+            self.mnemonic(),
+            self.vector,
+            self.rip
+        )?;
+        if let Some(function) = &self.function {
+            write!(f, " in {function}")?;
+        }
+        if let Some(addr) = self.fault_address {
+            write!(f, ", accessing {addr:#x}")?;
+        }
+        if let Some(code) = self.error_code {
+            write!(f, ", error code {code:#x}")?;
+        }
+        let cause = match self.cause {
+            FaultCause::NullPointer => ": null pointer dereference",
+            FaultCause::StackOverflow => ": guest stack overflow",
+            FaultCause::UnmappedAddress => ": unmapped address",
+            FaultCause::ProtectionViolation => ": page protection violation",
+            FaultCause::PrivilegedInstruction => ": instruction not allowed in the guest",
+            FaultCause::Other => "",
+        };
+        f.write_str(cause)
+    }
+}
+
+impl Error {
+    /// Whether the error leaves the sandbox unusable (its guest stopped in
+    /// an unknown state). Errors the guest reported in an orderly way, like
+    /// traps or a missing export, do not.
+    pub(crate) fn poisons(&self) -> bool {
+        matches!(
+            self,
+            Error::Kvm { .. }
+                | Error::Os { .. }
+                | Error::GuestAborted { .. }
+                | Error::GuestException(_)
+                | Error::TripleFault { .. }
+                | Error::GuestMemoryViolation { .. }
+                | Error::UnexpectedExit { .. }
+                | Error::Protocol(_)
+                | Error::Poisoned { .. }
+        )
+    }
+}

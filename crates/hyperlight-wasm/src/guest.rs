@@ -1,0 +1,286 @@
+//! The host's side of the guest protocol: it writes requests into the input
+//! buffer, runs the VM, serves the guest's out-calls and decodes its
+//! responses, checking every byte the guest wrote.
+//!
+//! A failure that leaves the guest in an unknown state (see
+//! [`Error::poisons`]) poisons the [`Guest`]: every later request fails with
+//! [`Error::Poisoned`], naming the first failure.
+
+use hyperlight_wasm_protocol::PROTOCOL_VERSION;
+use hyperlight_wasm_protocol::message::{
+    Abort, ErrorCode, GuestError, OutCall, OutCallReply, Request, Response, Value, ValueType,
+};
+use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{Error, ProtocolError, Result, TrapKind};
+use crate::vm::memory::OutOfBounds;
+use crate::vm::{GuestExit, Vm};
+
+/// A guest VM and the state of the conversation with it.
+#[derive(Debug)]
+pub(crate) struct Guest {
+    vm: Vm,
+    poisoned: Option<String>,
+}
+
+impl From<OutOfBounds> for Error {
+    fn from(e: OutOfBounds) -> Error {
+        Error::Protocol(ProtocolError::OutOfBounds {
+            addr: e.addr,
+            len: e.len,
+        })
+    }
+}
+
+impl Guest {
+    /// Wraps a VM that has not run yet.
+    pub(crate) fn new(vm: Vm) -> Guest {
+        Guest { vm, poisoned: None }
+    }
+
+    /// Runs the guest from its entry point until its runtime is ready.
+    pub(crate) fn boot(&mut self) -> Result<()> {
+        self.guarded(|guest| match guest.run_to_done(&mut no_out_calls)? {
+            Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
+            Response::Ready { protocol_version } => {
+                Err(ProtocolError::VersionMismatch {
+                    guest: protocol_version,
+                    host: PROTOCOL_VERSION,
+                }
+                .into())
+            }
+            Response::Failed(e) => Err(guest_error(e, None)),
+            other => Err(unexpected("the ready message", &other)),
+        })
+    }
+
+    /// Loads a precompiled module: the guest allocates room for it, the host
+    /// copies it there, the guest deserializes and instantiates it.
+    pub(crate) fn load_module(&mut self, artifact: &[u8]) -> Result<()> {
+        self.guarded(|guest| {
+            guest.send(&Request::LoadModule {
+                artifact_len: artifact.len() as u64,
+            })?;
+            let mut copied = false;
+            let mut serve = |vm: &mut Vm, call: OutCall| match call {
+                OutCall::ArtifactBuffer { addr, len } => {
+                    if copied {
+                        return Err(unexpected("no further out-call", &call));
+                    }
+                    if len != artifact.len() as u64 {
+                        return Err(ProtocolError::WrongLength {
+                            offered: len,
+                            needed: artifact.len() as u64,
+                        }
+                        .into());
+                    }
+                    // The guest names the buffer; it must lie in its heap.
+                    if !vm.layout().heap.contains_range(addr, len) {
+                        return Err(ProtocolError::OutOfBounds { addr, len }.into());
+                    }
+                    vm.memory_mut().write(addr, artifact)?;
+                    copied = true;
+                    Ok(OutCallReply::Done)
+                }
+            };
+            match guest.run_to_done(&mut serve)? {
+                Response::ModuleLoaded if copied => Ok(()),
+                Response::Failed(e) => Err(guest_error(e, None)),
+                other => Err(unexpected("the module-loaded message", &other)),
+            }
+        })
+    }
+
+    /// Calls an exported function.
+    pub(crate) fn call(&mut self, function: &str, args: Vec<Value>, returns: ValueType) -> Result<Value> {
+        self.guarded(|guest| {
+            guest.send(&Request::Call {
+                function: function.to_owned(),
+                args,
+                returns,
+            })?;
+            match guest.run_to_done(&mut no_out_calls)? {
+                Response::Returned(value) if value.ty() == returns => Ok(value),
+                Response::Failed(e) => Err(guest_error(e, Some(function))),
+                other => Err(unexpected("the function's result", &other)),
+            }
+        })
+    }
+
+    /// Drops the loaded module in the guest.
+    pub(crate) fn unload_module(&mut self) -> Result<()> {
+        self.guarded(|guest| {
+            guest.send(&Request::UnloadModule)?;
+            match guest.run_to_done(&mut no_out_calls)? {
+                Response::ModuleUnloaded => Ok(()),
+                Response::Failed(e) => Err(guest_error(e, None)),
+                other => Err(unexpected("the module-unloaded message", &other)),
+            }
+        })
+    }
+
+    /// Runs `step` unless the guest is poisoned, and poisons it if `step`
+    /// fails in a way that leaves the guest in an unknown state.
+    fn guarded<T>(&mut self, step: impl FnOnce(&mut Guest) -> Result<T>) -> Result<T> {
+        if let Some(reason) = &self.poisoned {
+            return Err(Error::Poisoned {
+                reason: reason.clone(),
+            });
+        }
+        let result = step(self);
+        if let Err(e) = &result
+            && e.poisons()
+        {
+            self.poisoned = Some(error_chain(e));
+        }
+        result
+    }
+
+    /// Writes a message into the input buffer.
+    fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
+        let input = self.vm.layout().input;
+        let bytes = wire::encode_to_vec(msg).map_err(|e| Error::RequestTooLarge {
+            reason: e.to_string(),
+        })?;
+        if bytes.len() as u64 > input.size {
+            return Err(Error::RequestTooLarge {
+                reason: format!(
+                    "it takes {} bytes and the guest's input buffer holds {}; raise that with \
+                     SandboxBuilder::with_guest_input_buffer_size",
+                    bytes.len(),
+                    input.size
+                ),
+            });
+        }
+        self.vm.memory_mut().write(input.addr, &bytes)?;
+        Ok(())
+    }
+
+    /// Runs the guest until it answers, serving its out-calls with `serve`.
+    fn run_to_done(
+        &mut self,
+        serve: &mut dyn FnMut(&mut Vm, OutCall) -> Result<OutCallReply>,
+    ) -> Result<Response> {
+        loop {
+            match self.vm.run()? {
+                GuestExit::Done => return self.read_output("a response"),
+                GuestExit::OutCall => {
+                    let call = self.read_output("an out-call")?;
+                    let reply = serve(&mut self.vm, call)?;
+                    self.send(&reply)?;
+                }
+                GuestExit::Abort => return Err(self.abort_error()),
+            }
+        }
+    }
+
+    /// Copies the message in the output buffer out of guest memory, checks
+    /// its length against the buffer, and decodes it.
+    fn read_output<T: DeserializeOwned>(&self, what: &'static str) -> Result<T> {
+        let payload = self.read_output_payload(what)?;
+        wire::decode(&payload).map_err(|source| ProtocolError::Malformed { what, source }.into())
+    }
+
+    fn read_output_payload(&self, what: &'static str) -> Result<Vec<u8>> {
+        let output = self.vm.layout().output;
+        let mut header = [0u8; HEADER_LEN];
+        self.vm.memory().read(output.addr, &mut header)?;
+        let len = wire::payload_len(&header, output.size as usize)
+            .map_err(|source| ProtocolError::Malformed { what, source })?;
+        Ok(self.vm.memory().read_vec(output.addr + HEADER_LEN as u64, len)?)
+    }
+
+    /// The error for a guest that exited on the abort port.
+    fn abort_error(&self) -> Error {
+        let payload = match self.read_output_payload("an abort message") {
+            Ok(payload) => payload,
+            Err(e) => return unreadable_abort(&e),
+        };
+        match wire::decode::<Abort<'_>>(&payload) {
+            Ok(abort) if abort.code == ErrorCode::OutOfMemory => Error::GuestOutOfMemory {
+                message: abort.message.to_owned(),
+            },
+            Ok(abort) => Error::GuestAborted {
+                code: abort.code,
+                message: abort.message.to_owned(),
+            },
+            Err(source) => unreadable_abort(&Error::Protocol(ProtocolError::Malformed {
+                what: "an abort message",
+                source,
+            })),
+        }
+    }
+}
+
+/// The out-call handler for requests during which the guest has no reason to
+/// call the host.
+fn no_out_calls(_: &mut Vm, call: OutCall) -> Result<OutCallReply> {
+    Err(unexpected("no out-call", &call))
+}
+
+fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
+    let mut got = format!("{got:?}");
+    // Keep a hostile guest from filling the error with its output.
+    if got.len() > 200 {
+        let cut = (0..=200).rev().find(|&i| got.is_char_boundary(i)).unwrap_or(0);
+        got.truncate(cut);
+        got.push_str("...");
+    }
+    Error::Protocol(ProtocolError::UnexpectedMessage { expected, got })
+}
+
+fn unreadable_abort(e: &Error) -> Error {
+    Error::GuestAborted {
+        code: ErrorCode::Other,
+        message: format!("the guest aborted without a readable reason: {}", error_chain(e)),
+    }
+}
+
+/// An error and its sources, as one line.
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Maps a failure the guest reported to the public error.
+fn guest_error(e: GuestError, function: Option<&str>) -> Error {
+    let GuestError { code, message } = e;
+    let function = || function.unwrap_or("the start function").to_owned();
+    if let Some(kind) = TrapKind::from_code(code) {
+        return Error::GuestTrap {
+            function: function(),
+            kind,
+            message,
+        };
+    }
+    match code {
+        ErrorCode::FunctionNotFound => Error::GuestFunctionNotFound {
+            function: function(),
+        },
+        ErrorCode::ParameterCountMismatch => Error::GuestFunctionParameterCountMismatch {
+            function: function(),
+            message,
+        },
+        ErrorCode::ParameterTypeMismatch => Error::GuestFunctionParameterTypeMismatch {
+            function: function(),
+            message,
+        },
+        ErrorCode::ReturnTypeMismatch => Error::GuestFunctionReturnTypeMismatch {
+            function: function(),
+            message,
+        },
+        ErrorCode::IncompatibleArtifact => Error::IncompatibleModule { message },
+        ErrorCode::UnknownImport => Error::UnknownImport { message },
+        ErrorCode::InstantiationFailed => Error::Instantiation { message },
+        ErrorCode::OutOfMemory => Error::GuestOutOfMemory { message },
+        code => Error::GuestFailed { code, message },
+    }
+}

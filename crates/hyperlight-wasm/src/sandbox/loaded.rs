@@ -1,0 +1,68 @@
+//! [`LoadedWasmSandbox`]: a sandbox with a module, ready for calls.
+
+use hyperlight_wasm_protocol::message::ValueType;
+
+use crate::error::{ProtocolError, Result};
+use crate::guest::Guest;
+use crate::sandbox::{ParameterTuple, SupportedReturnType, WasmSandbox};
+
+/// A sandbox with a loaded, instantiated module.
+#[derive(Debug)]
+pub struct LoadedWasmSandbox {
+    guest: Guest,
+}
+
+impl LoadedWasmSandbox {
+    pub(crate) fn new(guest: Guest) -> LoadedWasmSandbox {
+        LoadedWasmSandbox { guest }
+    }
+
+    /// Calls the module's exported function `name` with `args` and returns
+    /// its result as `R`.
+    ///
+    /// `args` is `()`, a single value or a tuple of up to 12 values; see
+    /// [`crate::SupportedParameterType`] for how each maps to a wasm type.
+    ///
+    /// ```no_run
+    /// # fn f(sandbox: &mut hyperlight_wasm::LoadedWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// let sum: i32 = sandbox.call_guest_function("add", (1i32, 2i32))?;
+    /// let fib = sandbox.call_guest_function::<i64>("fib", 30i64)?;
+    /// sandbox.call_guest_function::<()>("reset", ())?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::GuestFunctionNotFound`],
+    /// [`crate::Error::GuestFunctionParameterCountMismatch`],
+    /// [`crate::Error::GuestFunctionParameterTypeMismatch`] and
+    /// [`crate::Error::GuestFunctionReturnTypeMismatch`] when the call does
+    /// not fit the export; [`crate::Error::GuestTrap`] when the code traps
+    /// (the sandbox stays usable). Errors that leave the guest in an unknown
+    /// state (a CPU exception, a broken protocol) make this and every later
+    /// call fail, later ones with [`crate::Error::Poisoned`].
+    pub fn call_guest_function<R: SupportedReturnType>(
+        &mut self,
+        name: &str,
+        args: impl ParameterTuple,
+    ) -> Result<R> {
+        let value = self.guest.call(name, args.into_values(), R::TYPE)?;
+        R::from_value(value).ok_or_else(|| {
+            ProtocolError::UnexpectedMessage {
+                expected: "a result of the requested type",
+                got: format!("a result that is not {}", ValueType::name(R::TYPE)),
+            }
+            .into()
+        })
+    }
+
+    /// Unloads the module; the sandbox can then load another.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the guest is unusable; the sandbox is consumed either way.
+    pub fn unload_module(mut self) -> Result<WasmSandbox> {
+        self.guest.unload_module()?;
+        Ok(WasmSandbox::new(self.guest))
+    }
+}

@@ -1,0 +1,148 @@
+//! How Rust values become guest-function arguments and results.
+//!
+//! [`SupportedParameterType`] and [`SupportedReturnType`] are implemented for
+//! the value types a call can carry; [`ParameterTuple`] for a single such
+//! value, `()` and tuples of up to 12 of them.
+
+use hyperlight_wasm_protocol::message::{Value, ValueType};
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A type that can be passed to a guest function.
+///
+/// `i32`, `u32` and `bool` travel as a wasm `i32`; `i64` and `u64` as an
+/// `i64`; `f32` and `f64` as themselves, NaN payloads included.
+pub trait SupportedParameterType: sealed::Sealed {
+    /// The protocol value.
+    #[doc(hidden)]
+    fn into_value(self) -> Value;
+}
+
+/// A type a guest function can return (`()` for a function without result).
+pub trait SupportedReturnType: sealed::Sealed + Sized {
+    /// The type the guest is asked to return.
+    #[doc(hidden)]
+    const TYPE: ValueType;
+    /// Extracts the result, if it has this type.
+    #[doc(hidden)]
+    fn from_value(value: Value) -> Option<Self>;
+}
+
+/// The arguments of a guest call: `()`, a single value, or a tuple of up to
+/// 12 values.
+pub trait ParameterTuple {
+    /// The arguments, in order.
+    #[doc(hidden)]
+    fn into_values(self) -> Vec<Value>;
+}
+
+macro_rules! value_type {
+    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $ty {}
+        impl SupportedParameterType for $ty {
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+        }
+        impl SupportedReturnType for $ty {
+            const TYPE: ValueType = ValueType::$variant;
+            fn from_value(value: Value) -> Option<Self> {
+                match value {
+                    Value::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+value_type! {
+    i32 => I32,
+    u32 => U32,
+    i64 => I64,
+    u64 => U64,
+    f32 => F32,
+    f64 => F64,
+    bool => Bool,
+}
+
+impl sealed::Sealed for () {}
+impl SupportedReturnType for () {
+    const TYPE: ValueType = ValueType::Void;
+    fn from_value(value: Value) -> Option<Self> {
+        matches!(value, Value::Void).then_some(())
+    }
+}
+
+impl<T: SupportedParameterType> ParameterTuple for T {
+    fn into_values(self) -> Vec<Value> {
+        vec![self.into_value()]
+    }
+}
+
+impl ParameterTuple for () {
+    fn into_values(self) -> Vec<Value> {
+        Vec::new()
+    }
+}
+
+macro_rules! tuple {
+    ($($name:ident),+) => {
+        impl<$($name: SupportedParameterType),+> ParameterTuple for ($($name,)+) {
+            #[allow(non_snake_case, reason = "the type parameters name the values")]
+            fn into_values(self) -> Vec<Value> {
+                let ($($name,)+) = self;
+                vec![$($name.into_value()),+]
+            }
+        }
+    };
+}
+
+tuple!(A);
+tuple!(A, B);
+tuple!(A, B, C);
+tuple!(A, B, C, D);
+tuple!(A, B, C, D, E);
+tuple!(A, B, C, D, E, F);
+tuple!(A, B, C, D, E, F, G);
+tuple!(A, B, C, D, E, F, G, H);
+tuple!(A, B, C, D, E, F, G, H, I);
+tuple!(A, B, C, D, E, F, G, H, I, J);
+tuple!(A, B, C, D, E, F, G, H, I, J, K);
+tuple!(A, B, C, D, E, F, G, H, I, J, K, L);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tuples_keep_order_and_types() {
+        assert_eq!(().into_values(), vec![]);
+        assert_eq!(7i32.into_values(), vec![Value::I32(7)]);
+        assert_eq!(
+            (1i32, 2u32, 3i64, 4u64, 5f32, 6f64, true).into_values(),
+            vec![
+                Value::I32(1),
+                Value::U32(2),
+                Value::I64(3),
+                Value::U64(4),
+                Value::F32(5.0),
+                Value::F64(6.0),
+                Value::Bool(true)
+            ]
+        );
+        let twelve = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12i64).into_values();
+        assert_eq!(twelve.len(), 12);
+        assert_eq!(twelve[11], Value::I64(12));
+    }
+
+    #[test]
+    fn return_types_check_the_value() {
+        assert_eq!(i32::from_value(Value::I32(3)), Some(3));
+        assert_eq!(i32::from_value(Value::I64(3)), None);
+        assert_eq!(<()>::from_value(Value::Void), Some(()));
+        assert_eq!(<()>::from_value(Value::Bool(false)), None);
+    }
+}
