@@ -18,11 +18,21 @@ fn main() {
     let guest_dir = manifest_dir.join("../hyperlight-wasm-guest");
     let protocol_dir = manifest_dir.join("../hyperlight-wasm-protocol");
 
-    for path in ["src", "Cargo.toml", "Cargo.lock", "build.rs", "link.ld", ".cargo/config.toml"] {
+    for path in [
+        "src",
+        "Cargo.toml",
+        "Cargo.lock",
+        "build.rs",
+        "link.ld",
+        ".cargo/config.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", guest_dir.join(path).display());
     }
     for path in ["src", "Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", protocol_dir.join(path).display());
+        println!(
+            "cargo:rerun-if-changed={}",
+            protocol_dir.join(path).display()
+        );
     }
 
     check_target_installed();
@@ -74,10 +84,16 @@ fn main() {
         .status()
         .unwrap_or_else(|e| panic!("cannot run cargo to build the guest: {e}"));
     if !status.success() {
-        panic!("building the guest ({}) failed: {status}", guest_dir.display());
+        panic!(
+            "building the guest ({}) failed: {status}",
+            guest_dir.display()
+        );
     }
 
-    let built = target_dir.join(GUEST_TARGET).join("release").join(GUEST_NAME);
+    let built = target_dir
+        .join(GUEST_TARGET)
+        .join("release")
+        .join(GUEST_NAME);
     let embedded = out_dir.join(GUEST_NAME);
     std::fs::copy(&built, &embedded).unwrap_or_else(|e| {
         panic!(

@@ -69,7 +69,10 @@ pub fn finish(response: &Response) {
             message: alloc::format!("the guest could not send its response: {e}"),
         });
         if wire::encode(&failed, output()).is_err() {
-            abort(ErrorCode::Other, format_args!("the output buffer is too small: {e}"));
+            abort(
+                ErrorCode::Other,
+                format_args!("the output buffer is too small: {e}"),
+            );
         }
     }
     exit(Port::Done);

@@ -25,7 +25,7 @@ use hyperlight_wasm_protocol::message::{ErrorCode, Response};
 /// the [`BootInfo`] block and `rsp` at the top of the stack.
 #[unsafe(no_mangle)]
 #[unsafe(link_section = ".text._start")]
-pub extern "C" fn _start(boot: *const BootInfo) -> ! {
+extern "C" fn _start(boot: *const BootInfo) -> ! {
     // SAFETY: the host writes a BootInfo at this address before it starts the
     // vCPU and maps it readable; read_volatile copies it out whole.
     let info = unsafe { boot.read_volatile() };
@@ -42,7 +42,10 @@ pub extern "C" fn _start(boot: *const BootInfo) -> ! {
 
     let mut runtime = match runtime::Runtime::new(&info) {
         Ok(runtime) => runtime,
-        Err(e) => host::abort(ErrorCode::Other, format_args!("cannot start wasmtime: {e:?}")),
+        Err(e) => host::abort(
+            ErrorCode::Other,
+            format_args!("cannot start wasmtime: {e:?}"),
+        ),
     };
 
     let mut response = Response::Ready {

@@ -14,7 +14,9 @@ use hyperlight_wasm_protocol::engine;
 use hyperlight_wasm_protocol::message::{
     ErrorCode, GuestError, OutCall, OutCallReply, Request, Response, Value, ValueType,
 };
-use wasmtime::{Engine, ExternType, Func, Instance, Linker, Module, Store, Trap, Val, ValType};
+use wasmtime::{
+    Engine, ExternType, Func, Instance, Linker, Module, Store, Trap, Val, ValType, WasmBacktrace,
+};
 
 use crate::host;
 use crate::platform;
@@ -58,7 +60,11 @@ impl Runtime {
     /// Creates the engine with the configuration the host compiles with.
     pub fn new(info: &BootInfo) -> wasmtime::Result<Runtime> {
         let mut config = engine::shared_config();
-        let max_wasm_stack = info.stack.size.saturating_sub(NATIVE_STACK_RESERVE).max(4096);
+        let max_wasm_stack = info
+            .stack
+            .size
+            .saturating_sub(NATIVE_STACK_RESERVE)
+            .max(4096);
         config
             .with_custom_code_memory(Some(Arc::new(platform::CodeMemory)))
             .max_wasm_stack(max_wasm_stack as usize);
@@ -89,7 +95,10 @@ impl Runtime {
             } => self.call(&function, args, returns).map(Response::Returned),
             Request::UnloadModule => match self.loaded.take() {
                 Some(_) => Ok(Response::ModuleUnloaded),
-                None => Err(error(ErrorCode::NoModuleLoaded, format_args!("no module is loaded"))),
+                None => Err(error(
+                    ErrorCode::NoModuleLoaded,
+                    format_args!("no module is loaded"),
+                )),
             },
         };
         result.unwrap_or_else(Response::Failed)
@@ -137,9 +146,13 @@ impl Runtime {
         }
         let linker = Linker::new(&self.engine);
         let mut store = Store::new(&self.engine, ());
-        let instance = linker
-            .instantiate(&mut store, &module)
-            .map_err(|e| from_wasmtime(ErrorCode::InstantiationFailed, "instantiating the module", &e))?;
+        let instance = linker.instantiate(&mut store, &module).map_err(|e| {
+            from_wasmtime(
+                ErrorCode::InstantiationFailed,
+                "instantiating the module",
+                &e,
+            )
+        })?;
         self.loaded = Some(Loaded {
             store,
             instance,
@@ -149,17 +162,27 @@ impl Runtime {
         Ok(())
     }
 
-    fn call(&mut self, name: &str, args: Vec<Value>, returns: ValueType) -> Result<Value, GuestError> {
-        let loaded = self
-            .loaded
-            .as_mut()
-            .ok_or_else(|| error(ErrorCode::NoModuleLoaded, format_args!("no module is loaded")))?;
-        let func = loaded.instance.get_func(&mut loaded.store, name).ok_or_else(|| {
+    fn call(
+        &mut self,
+        name: &str,
+        args: Vec<Value>,
+        returns: ValueType,
+    ) -> Result<Value, GuestError> {
+        let loaded = self.loaded.as_mut().ok_or_else(|| {
             error(
-                ErrorCode::FunctionNotFound,
-                format_args!("the module exports no function named `{name}`"),
+                ErrorCode::NoModuleLoaded,
+                format_args!("no module is loaded"),
             )
         })?;
+        let func = loaded
+            .instance
+            .get_func(&mut loaded.store, name)
+            .ok_or_else(|| {
+                error(
+                    ErrorCode::FunctionNotFound,
+                    format_args!("the module exports no function named `{name}`"),
+                )
+            })?;
         let ty = func.ty(&loaded.store);
         let params: Vec<ValType> = ty.params().collect();
         if params.len() != args.len() {
@@ -176,7 +199,9 @@ impl Runtime {
             .iter()
             .zip(&params)
             .enumerate()
-            .map(|(i, (value, ty))| to_wasm(value, ty).ok_or_else(|| parameter_mismatch(name, i, value.ty(), ty)))
+            .map(|(i, (value, ty))| {
+                to_wasm(value, ty).ok_or_else(|| parameter_mismatch(name, i, value.ty(), ty))
+            })
             .collect::<Result<Vec<Val>, GuestError>>()?;
         let results: Vec<ValType> = ty.results().collect();
         check_returns(name, &results, returns)?;
@@ -187,7 +212,12 @@ impl Runtime {
     }
 }
 
-fn call_func(func: &Func, store: &mut Store<()>, args: &[Val], out: &mut [Val]) -> wasmtime::Result<()> {
+fn call_func(
+    func: &Func,
+    store: &mut Store<()>,
+    args: &[Val],
+    out: &mut [Val],
+) -> wasmtime::Result<()> {
     func.call(store, args, out)
 }
 
@@ -195,7 +225,7 @@ fn parameter_mismatch(name: &str, index: usize, given: ValueType, ty: &ValType) 
     error(
         ErrorCode::ParameterTypeMismatch,
         format_args!(
-            "argument {index} of `{name}` is a {given}, which cannot be passed as the function's wasm parameter of type {ty}"
+            "argument {index} is {given} but parameter {index} of `{name}` has wasm type {ty}"
         ),
     )
 }
@@ -216,14 +246,17 @@ fn to_wasm(value: &Value, ty: &ValType) -> Option<Val> {
 
 /// Checks that the function's results can be returned as `returns`.
 fn check_returns(name: &str, results: &[ValType], returns: ValueType) -> Result<(), GuestError> {
-    let fits = match (results, returns) {
-        ([], ValueType::Void) => true,
-        ([ValType::I32], ValueType::I32 | ValueType::U32 | ValueType::Bool) => true,
-        ([ValType::I64], ValueType::I64 | ValueType::U64) => true,
-        ([ValType::F32], ValueType::F32) => true,
-        ([ValType::F64], ValueType::F64) => true,
-        _ => false,
-    };
+    let fits = matches!(
+        (results, returns),
+        ([], ValueType::Void)
+            | (
+                [ValType::I32],
+                ValueType::I32 | ValueType::U32 | ValueType::Bool
+            )
+            | ([ValType::I64], ValueType::I64 | ValueType::U64)
+            | ([ValType::F32], ValueType::F32)
+            | ([ValType::F64], ValueType::F64)
+    );
     if fits {
         return Ok(());
     }
@@ -254,12 +287,16 @@ fn from_wasm(result: Option<&Val>, returns: ValueType) -> Value {
 
 /// Turns a wasmtime error into a [`GuestError`], naming the trap if it was one.
 fn from_wasmtime(otherwise: ErrorCode, doing: &str, e: &wasmtime::Error) -> GuestError {
-    let code = match e.downcast_ref::<Trap>() {
-        Some(trap) => trap_code(*trap),
-        None if platform::allocation_failed() => ErrorCode::OutOfMemory,
-        None => otherwise,
-    };
-    error(code, format_args!("{doing}: {e:?}"))
+    match (e.downcast_ref::<Trap>(), e.downcast_ref::<WasmBacktrace>()) {
+        (Some(trap), Some(backtrace)) => {
+            error(trap_code(*trap), format_args!("{trap}\n{backtrace}"))
+        }
+        (Some(trap), None) => error(trap_code(*trap), format_args!("{trap}")),
+        (None, _) if platform::allocation_failed() => {
+            error(ErrorCode::OutOfMemory, format_args!("{doing}: {e:?}"))
+        }
+        (None, _) => error(otherwise, format_args!("{doing}: {e:?}")),
+    }
 }
 
 fn trap_code(trap: Trap) -> ErrorCode {
@@ -294,7 +331,8 @@ impl Artifact {
             )
         };
         let len = usize::try_from(len).map_err(|_| too_large())?;
-        let layout = Layout::from_size_align(len.max(1), ARTIFACT_ALIGN).map_err(|_| too_large())?;
+        let layout =
+            Layout::from_size_align(len.max(1), ARTIFACT_ALIGN).map_err(|_| too_large())?;
         // SAFETY: the layout has a non-zero size.
         let ptr = NonNull::new(unsafe { alloc(layout) }).ok_or_else(too_large)?;
         Ok(Artifact { ptr, len, layout })

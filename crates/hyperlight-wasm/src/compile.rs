@@ -142,20 +142,37 @@ mod tests {
 
     #[test]
     fn rejects_what_is_not_wasm() {
-        for bytes in [&b""[..], b"\x7fELF\x02\x01\x01", b"hello world", b"\0asm\x0d\0\x01\0"] {
-            assert!(matches!(compile_module(bytes), Err(Error::NotWasm { .. })), "{bytes:?}");
+        for bytes in [
+            &b""[..],
+            b"\x7fELF\x02\x01\x01",
+            b"hello world",
+            b"\0asm\x0d\0\x01\0",
+        ] {
+            assert!(
+                matches!(compile_module(bytes), Err(Error::NotWasm { .. })),
+                "{bytes:?}"
+            );
         }
-        assert!(matches!(prepare(b"\0asm\x0d\0\x01\0"), Err(Error::NotWasm { .. })));
+        assert!(matches!(
+            prepare(b"\0asm\x0d\0\x01\0"),
+            Err(Error::NotWasm { .. })
+        ));
     }
 
     #[test]
     fn rejects_invalid_modules() {
         // Parses, but does not validate: i32.add of an i64.
         let bad = "(module (func (result i32) i64.const 1 i32.const 2 i32.add))";
-        assert!(matches!(compile_module(bad.as_bytes()), Err(Error::InvalidModule { .. })));
+        assert!(matches!(
+            compile_module(bad.as_bytes()),
+            Err(Error::InvalidModule { .. })
+        ));
         // Truncated binary.
         let binary = wat::parse_str("(module (func (export \"f\")))").unwrap();
         let cut = &binary[..binary.len() - 3];
-        assert!(matches!(compile_module(cut), Err(Error::InvalidModule { .. })));
+        assert!(matches!(
+            compile_module(cut),
+            Err(Error::InvalidModule { .. })
+        ));
     }
 }

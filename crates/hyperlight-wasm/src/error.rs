@@ -176,7 +176,9 @@ pub enum Error {
         rip: u64,
     },
     /// The guest accessed guest-physical memory that does not exist.
-    #[error("the guest accessed guest-physical address {gpa:#x}, outside its memory, at RIP {rip:#x}")]
+    #[error(
+        "the guest accessed guest-physical address {gpa:#x}, outside its memory, at RIP {rip:#x}"
+    )]
     GuestMemoryViolation {
         /// The address.
         gpa: u64,

@@ -44,13 +44,11 @@ impl Guest {
     pub(crate) fn boot(&mut self) -> Result<()> {
         self.guarded(|guest| match guest.run_to_done(&mut no_out_calls)? {
             Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
-            Response::Ready { protocol_version } => {
-                Err(ProtocolError::VersionMismatch {
-                    guest: protocol_version,
-                    host: PROTOCOL_VERSION,
-                }
-                .into())
+            Response::Ready { protocol_version } => Err(ProtocolError::VersionMismatch {
+                guest: protocol_version,
+                host: PROTOCOL_VERSION,
             }
+            .into()),
             Response::Failed(e) => Err(guest_error(e, None)),
             other => Err(unexpected("the ready message", &other)),
         })
@@ -94,7 +92,12 @@ impl Guest {
     }
 
     /// Calls an exported function.
-    pub(crate) fn call(&mut self, function: &str, args: Vec<Value>, returns: ValueType) -> Result<Value> {
+    pub(crate) fn call(
+        &mut self,
+        function: &str,
+        args: Vec<Value>,
+        returns: ValueType,
+    ) -> Result<Value> {
         self.guarded(|guest| {
             guest.send(&Request::Call {
                 function: function.to_owned(),
@@ -189,7 +192,10 @@ impl Guest {
         self.vm.memory().read(output.addr, &mut header)?;
         let len = wire::payload_len(&header, output.size as usize)
             .map_err(|source| ProtocolError::Malformed { what, source })?;
-        Ok(self.vm.memory().read_vec(output.addr + HEADER_LEN as u64, len)?)
+        Ok(self
+            .vm
+            .memory()
+            .read_vec(output.addr + HEADER_LEN as u64, len)?)
     }
 
     /// The error for a guest that exited on the abort port.
@@ -224,7 +230,10 @@ fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
     let mut got = format!("{got:?}");
     // Keep a hostile guest from filling the error with its output.
     if got.len() > 200 {
-        let cut = (0..=200).rev().find(|&i| got.is_char_boundary(i)).unwrap_or(0);
+        let cut = (0..=200)
+            .rev()
+            .find(|&i| got.is_char_boundary(i))
+            .unwrap_or(0);
         got.truncate(cut);
         got.push_str("...");
     }
@@ -234,7 +243,10 @@ fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
 fn unreadable_abort(e: &Error) -> Error {
     Error::GuestAborted {
         code: ErrorCode::Other,
-        message: format!("the guest aborted without a readable reason: {}", error_chain(e)),
+        message: format!(
+            "the guest aborted without a readable reason: {}",
+            error_chain(e)
+        ),
     }
 }
 
@@ -282,5 +294,279 @@ fn guest_error(e: GuestError, function: Option<&str>) -> Error {
         ErrorCode::InstantiationFailed => Error::Instantiation { message },
         ErrorCode::OutOfMemory => Error::GuestOutOfMemory { message },
         code => Error::GuestFailed { code, message },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyperlight_wasm_protocol::message::{Abort, ErrorCode, OutCall, Response};
+    use hyperlight_wasm_protocol::port::Port;
+    use hyperlight_wasm_protocol::wire::{HEADER_MAGIC, encode_to_vec};
+
+    use super::*;
+    use crate::vm::testing::{RawGuest, layout};
+
+    fn guest(raw: RawGuest) -> Guest {
+        Guest::new(raw.vm())
+    }
+
+    fn framed<T: Serialize>(msg: &T) -> Vec<u8> {
+        encode_to_vec(msg).unwrap()
+    }
+
+    fn header(len: u32) -> Vec<u8> {
+        let mut bytes = len.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&HEADER_MAGIC.to_le_bytes());
+        bytes
+    }
+
+    fn ready() -> Vec<u8> {
+        framed(&Response::Ready {
+            protocol_version: PROTOCOL_VERSION,
+        })
+    }
+
+    /// Boots, expecting a protocol error, then checks the guest is poisoned.
+    fn boot_fails(mut g: Guest) -> ProtocolError {
+        let err = g.boot().unwrap_err();
+        assert!(matches!(g.boot(), Err(Error::Poisoned { .. })));
+        assert!(matches!(
+            g.call("f", Vec::new(), ValueType::Void),
+            Err(Error::Poisoned { .. })
+        ));
+        match err {
+            Error::Protocol(e) => e,
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_behaved_raw_guest_boots() {
+        let mut g = guest(RawGuest::new().send_output(&ready(), Port::Done).spin());
+        g.boot().unwrap();
+    }
+
+    #[test]
+    fn garbage_instead_of_a_response_is_rejected() {
+        let g = guest(RawGuest::new().send_output(&[0xab; 64], Port::Done));
+        assert!(matches!(
+            boot_fails(g),
+            ProtocolError::Malformed {
+                source: wire::WireError::BadMagic { .. },
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_length_beyond_the_buffer_is_rejected() {
+        for len in [u32::MAX, layout().output.size as u32] {
+            let g = guest(RawGuest::new().send_output(&header(len), Port::Done));
+            assert!(matches!(
+                boot_fails(g),
+                ProtocolError::Malformed {
+                    source: wire::WireError::TooLarge { .. },
+                    ..
+                }
+            ));
+        }
+    }
+
+    #[test]
+    fn a_malformed_payload_is_rejected() {
+        let cases: [&[u8]; 4] = [
+            &[0x7f],             // no such variant
+            &[0x00],             // Ready without its version
+            &[0x04, 0x00, 0x05], // Failed with a bad error code and no message
+            &[],                 // nothing at all
+        ];
+        for payload in cases {
+            let mut msg = header(payload.len() as u32);
+            msg.extend_from_slice(payload);
+            let g = guest(RawGuest::new().send_output(&msg, Port::Done));
+            assert!(
+                matches!(
+                    boot_fails(g),
+                    ProtocolError::Malformed {
+                        source: wire::WireError::Malformed(_),
+                        ..
+                    }
+                ),
+                "{payload:?}"
+            );
+        }
+        // A valid message with junk after it.
+        let mut msg = ready();
+        msg[0] += 2;
+        msg.extend_from_slice(&[1, 2]);
+        let g = guest(RawGuest::new().send_output(&msg, Port::Done));
+        assert!(matches!(
+            boot_fails(g),
+            ProtocolError::Malformed {
+                source: wire::WireError::TrailingBytes(2),
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn the_wrong_message_or_version_is_rejected() {
+        let g = guest(RawGuest::new().send_output(&framed(&Response::ModuleLoaded), Port::Done));
+        assert!(matches!(
+            boot_fails(g),
+            ProtocolError::UnexpectedMessage { .. }
+        ));
+        let other_version = framed(&Response::Ready {
+            protocol_version: PROTOCOL_VERSION + 1,
+        });
+        let g = guest(RawGuest::new().send_output(&other_version, Port::Done));
+        assert!(matches!(
+            boot_fails(g),
+            ProtocolError::VersionMismatch { .. }
+        ));
+        // An out-call where none is expected.
+        let call = framed(&OutCall::ArtifactBuffer { addr: 0, len: 0 });
+        let g = guest(RawGuest::new().send_output(&call, Port::OutCall));
+        assert!(matches!(
+            boot_fails(g),
+            ProtocolError::UnexpectedMessage { .. }
+        ));
+    }
+
+    #[test]
+    fn a_result_of_another_type_than_requested_is_rejected() {
+        let wrong = framed(&Response::Returned(Value::I64(1)));
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .send_output(&wrong, Port::Done),
+        );
+        g.boot().unwrap();
+        assert!(matches!(
+            g.call("f", Vec::new(), ValueType::I32),
+            Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+        ));
+    }
+
+    /// A guest that boots, then answers the module load with `call`.
+    fn load_with(call: OutCall) -> Result<()> {
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .send_output(&framed(&call), Port::OutCall)
+                .send_output(&framed(&Response::ModuleLoaded), Port::Done),
+        );
+        g.boot().unwrap();
+        g.load_module(&[7u8; 100])
+    }
+
+    #[test]
+    fn the_artifact_buffer_must_lie_in_the_heap_and_fit() {
+        let heap = layout().heap;
+        load_with(OutCall::ArtifactBuffer {
+            addr: heap.addr,
+            len: 100,
+        })
+        .unwrap();
+        for (addr, len) in [
+            (0x1000, 100),              // the GDT
+            (layout().stack.addr, 100), // the stack
+            (heap.end() - 50, 100),     // runs past the heap
+            (u64::MAX - 10, 100),       // wraps around
+        ] {
+            assert!(
+                matches!(
+                    load_with(OutCall::ArtifactBuffer { addr, len }),
+                    Err(Error::Protocol(ProtocolError::OutOfBounds { .. }))
+                ),
+                "{addr:#x}"
+            );
+        }
+        assert!(matches!(
+            load_with(OutCall::ArtifactBuffer {
+                addr: heap.addr,
+                len: 99
+            }),
+            Err(Error::Protocol(ProtocolError::WrongLength { .. }))
+        ));
+    }
+
+    #[test]
+    fn the_artifact_buffer_is_filled_once_only() {
+        let heap = layout().heap;
+        let call = framed(&OutCall::ArtifactBuffer {
+            addr: heap.addr,
+            len: 4,
+        });
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .send_output(&call, Port::OutCall)
+                .send_output(&call, Port::OutCall),
+        );
+        g.boot().unwrap();
+        assert!(matches!(
+            g.load_module(&[1, 2, 3, 4]),
+            Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+        ));
+    }
+
+    #[test]
+    fn an_abort_reports_its_reason() {
+        let abort = framed(&Abort {
+            code: ErrorCode::Panic,
+            message: "boom",
+        });
+        let mut g = guest(RawGuest::new().send_output(&abort, Port::Abort));
+        match g.boot() {
+            Err(Error::GuestAborted { code, message }) => {
+                assert_eq!((code, message.as_str()), (ErrorCode::Panic, "boom"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(g.boot(), Err(Error::Poisoned { reason }) if reason.contains("boom")));
+        // Out of memory is its own error.
+        let abort = framed(&Abort {
+            code: ErrorCode::OutOfMemory,
+            message: "no heap",
+        });
+        let mut g = guest(RawGuest::new().send_output(&abort, Port::Abort));
+        assert!(matches!(g.boot(), Err(Error::GuestOutOfMemory { .. })));
+    }
+
+    #[test]
+    fn an_abort_with_garbage_is_still_an_abort() {
+        let mut g = guest(RawGuest::new().send_output(&[0xff; 32], Port::Abort));
+        match g.boot() {
+            Err(Error::GuestAborted { code, message }) => {
+                assert_eq!(code, ErrorCode::Other);
+                assert!(message.contains("without a readable reason"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_guest_exception_poisons_the_guest() {
+        let mut g = guest(RawGuest::new().code(&[0x0f, 0x0b]));
+        assert!(matches!(g.boot(), Err(Error::GuestException(_))));
+        assert!(matches!(g.boot(), Err(Error::Poisoned { reason }) if reason.contains("#UD")));
+    }
+
+    #[test]
+    fn a_request_too_large_for_the_input_buffer_is_an_error() {
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .send_output(&framed(&Response::Returned(Value::Void)), Port::Done),
+        );
+        g.boot().unwrap();
+        let name = "f".repeat(layout().input.size as usize);
+        assert!(matches!(
+            g.call(&name, Vec::new(), ValueType::Void),
+            Err(Error::RequestTooLarge { .. })
+        ));
+        // Not the guest's fault: the guest is still usable.
+        g.call("f", Vec::new(), ValueType::Void).unwrap();
     }
 }

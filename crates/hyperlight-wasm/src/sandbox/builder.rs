@@ -20,10 +20,12 @@ const GIB: u64 = 1024 * MIB;
 /// ```no_run
 /// use hyperlight_wasm::SandboxBuilder;
 ///
-/// let proto = SandboxBuilder::new()
+/// let sandbox = SandboxBuilder::new()
 ///     .with_guest_heap_size(128 * 1024 * 1024)
 ///     .with_guest_stack_size(2 * 1024 * 1024)
-///     .build()?;
+///     .build()?
+///     .load_runtime()?;
+/// # drop(sandbox);
 /// # Ok::<(), hyperlight_wasm::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,13 +180,22 @@ mod tests {
     #[test]
     fn out_of_range_sizes_are_errors_naming_the_setting() {
         let cases = [
-            (SandboxBuilder::new().with_guest_heap_size(0), "with_guest_heap_size"),
+            (
+                SandboxBuilder::new().with_guest_heap_size(0),
+                "with_guest_heap_size",
+            ),
             (
                 SandboxBuilder::new().with_guest_heap_size(SandboxBuilder::MAX_GUEST_HEAP_SIZE + 1),
                 "with_guest_heap_size",
             ),
-            (SandboxBuilder::new().with_guest_stack_size(4096), "with_guest_stack_size"),
-            (SandboxBuilder::new().with_guest_stack_size(u64::MAX), "with_guest_stack_size"),
+            (
+                SandboxBuilder::new().with_guest_stack_size(4096),
+                "with_guest_stack_size",
+            ),
+            (
+                SandboxBuilder::new().with_guest_stack_size(u64::MAX),
+                "with_guest_stack_size",
+            ),
             (
                 SandboxBuilder::new().with_guest_input_buffer_size(1),
                 "with_guest_input_buffer_size",

@@ -24,10 +24,12 @@ impl LoadedWasmSandbox {
     /// [`crate::SupportedParameterType`] for how each maps to a wasm type.
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # fn f(sandbox: &mut hyperlight_wasm::LoadedWasmSandbox) -> hyperlight_wasm::Result<()> {
     /// let sum: i32 = sandbox.call_guest_function("add", (1i32, 2i32))?;
     /// let fib = sandbox.call_guest_function::<i64>("fib", 30i64)?;
     /// sandbox.call_guest_function::<()>("reset", ())?;
+    /// println!("{sum} {fib}");
     /// # Ok(()) }
     /// ```
     ///

@@ -480,7 +480,9 @@ mod tests {
     #[test]
     fn io_bitmap_allows_only_the_guest_ports() {
         let (mem, _, _) = setup();
-        let bitmap = mem.read_vec(TSS + TSS_IOPB, IOPB_BYTES as usize + 1).unwrap();
+        let bitmap = mem
+            .read_vec(TSS + TSS_IOPB, IOPB_BYTES as usize + 1)
+            .unwrap();
         for port in 0..256usize {
             let allowed = bitmap[port / 8] & (1 << (port % 8)) == 0;
             let guest = Port::guest_ports().iter().any(|p| *p as usize == port);

@@ -74,7 +74,10 @@ struct Symbol {
 /// The embedded guest, parsed once per process.
 pub(crate) fn embedded_guest() -> Result<&'static GuestImage<'static>, ElfError> {
     static IMAGE: OnceLock<Result<GuestImage<'static>, ElfError>> = OnceLock::new();
-    IMAGE.get_or_init(|| parse(GUEST_ELF)).as_ref().map_err(Clone::clone)
+    IMAGE
+        .get_or_init(|| parse(GUEST_ELF))
+        .as_ref()
+        .map_err(Clone::clone)
 }
 
 /// The guest function containing `addr`, demangled, if the embedded guest's
@@ -82,7 +85,9 @@ pub(crate) fn embedded_guest() -> Result<&'static GuestImage<'static>, ElfError>
 pub(crate) fn guest_symbol(addr: u64) -> Option<String> {
     static SYMBOLS: OnceLock<Vec<Symbol>> = OnceLock::new();
     let symbols = SYMBOLS.get_or_init(|| symbols(GUEST_ELF));
-    let index = symbols.partition_point(|s| s.start <= addr).checked_sub(1)?;
+    let index = symbols
+        .partition_point(|s| s.start <= addr)
+        .checked_sub(1)?;
     let sym = &symbols[index];
     (addr < sym.end).then(|| sym.name.clone())
 }
@@ -164,7 +169,10 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<GuestImage<'_>, ElfError> {
         let ((i, a), (j, b)) = (&pair[0], &pair[1]);
         // Segments are mapped with whole-page permissions: they may not
         // share a page either.
-        let a_end = a.addr.saturating_add(a.mem_size).next_multiple_of(PAGE_SIZE);
+        let a_end = a
+            .addr
+            .saturating_add(a.mem_size)
+            .next_multiple_of(PAGE_SIZE);
         if a_end > b.addr {
             return Err(ElfError::Overlap(*i, *j));
         }
@@ -236,7 +244,12 @@ mod tests {
     fn the_embedded_guest_is_valid() {
         let image = embedded_guest().unwrap();
         assert!(image.segments.iter().any(|s| s.executable));
-        assert!(image.segments.iter().all(|s| IMAGE.contains_range(s.addr, s.mem_size)));
+        assert!(
+            image
+                .segments
+                .iter()
+                .all(|s| IMAGE.contains_range(s.addr, s.mem_size))
+        );
         let name = guest_symbol(image.entry).unwrap();
         assert!(name.contains("_start"), "{name}");
         assert_eq!(guest_symbol(0), None);
@@ -248,7 +261,10 @@ mod tests {
         assert!(matches!(parse(&GUEST_ELF[..40]), Err(ElfError::Parse(_))));
         assert_eq!(mutated(|b| b[E_MACHINE] = 3), Err(ElfError::WrongKind));
         assert_eq!(mutated(|b| b[E_TYPE] = 3), Err(ElfError::WrongKind));
-        assert_eq!(mutated(|b| wr64(b, E_ENTRY, 0x1000)), Err(ElfError::BadEntry(0x1000)));
+        assert_eq!(
+            mutated(|b| wr64(b, E_ENTRY, 0x1000)),
+            Err(ElfError::BadEntry(0x1000))
+        );
         let seg = |e: Result<(), ElfError>| matches!(e, Err(ElfError::BadSegment { .. }));
         assert!(seg(mutated(|b| {
             let ph = first_load(b);

@@ -107,7 +107,11 @@ impl GuestMemory {
         // SAFETY: as in `write`; reading may see any bytes the guest wrote,
         // which is fine for plain bytes.
         unsafe {
-            std::ptr::copy_nonoverlapping(self.ptr.as_ptr().add(offset), out.as_mut_ptr(), out.len());
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset),
+                out.as_mut_ptr(),
+                out.len(),
+            );
         }
         Ok(())
     }

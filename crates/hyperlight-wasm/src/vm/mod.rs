@@ -15,14 +15,16 @@ pub(crate) mod elf;
 mod kvm;
 pub(crate) mod layout;
 pub(crate) mod memory;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use hyperlight_wasm_protocol::port::Port;
 use kvm_bindings::{Msrs, kvm_msr_entry, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
-pub use self::kvm::is_hypervisor_present;
 use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
+pub use self::kvm::is_hypervisor_present;
 use self::layout::{EXCEPTION_STACK, EXCEPTION_STUBS, Layout, PAGE_SIZE, STUB_SIZE, Sizes};
 use self::memory::GuestMemory;
 use crate::error::{Error, FaultCause, GuestException, Result};
@@ -50,6 +52,7 @@ pub(crate) enum GuestExit {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Exit {
     Out { port: u16, byte: Option<u8> },
+    In { port: u16 },
     Shutdown,
     Mmio { gpa: u64 },
     Other(String),
@@ -169,6 +172,7 @@ impl Vm {
                         byte: data.first().copied(),
                     };
                 }
+                Ok(VcpuExit::IoIn(port, _)) => break Exit::In { port },
                 Ok(VcpuExit::Shutdown) => break Exit::Shutdown,
                 Ok(VcpuExit::MmioRead(gpa, _) | VcpuExit::MmioWrite(gpa, _)) => {
                     break Exit::Mmio { gpa };
@@ -200,6 +204,10 @@ impl Vm {
                     rip: self.rip()?,
                 }),
             },
+            Exit::In { port } => Err(Error::UnexpectedExit {
+                exit: format!("in from I/O port {port:#x}"),
+                rip: self.rip()?,
+            }),
             Exit::Shutdown => Err(Error::TripleFault { rip: self.rip()? }),
             Exit::Mmio { gpa } => Err(Error::GuestMemoryViolation {
                 gpa,
@@ -238,8 +246,7 @@ impl Vm {
         // `out` instruction.
         let vector = byte.filter(|v| *v < EXCEPTION_VECTORS);
         let from_stub = vector.is_some_and(|v| {
-            regs.rip == EXCEPTION_STUBS + u64::from(v) * STUB_SIZE + 4
-                && sregs.cs.selector == 0x08
+            regs.rip == EXCEPTION_STUBS + u64::from(v) * STUB_SIZE + 4 && sregs.cs.selector == 0x08
         });
         let (Some(vector), true) = (vector, from_stub) else {
             return Ok(Error::UnexpectedExit {
@@ -285,7 +292,13 @@ impl Vm {
         }))
     }
 
-    fn fault_cause(&self, vector: u8, error_code: Option<u64>, addr: Option<u64>, rip: u64) -> FaultCause {
+    fn fault_cause(
+        &self,
+        vector: u8,
+        error_code: Option<u64>,
+        addr: Option<u64>,
+        rip: u64,
+    ) -> FaultCause {
         match (vector, addr) {
             (14, Some(addr)) if addr < PAGE_SIZE => FaultCause::NullPointer,
             (14, Some(addr)) if self.layout.stack_guard.contains_range(addr, 1) => {
@@ -330,5 +343,171 @@ fn create_vm(kvm: &kvm_ioctls::Kvm) -> Result<VmFd> {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hyperlight_wasm_protocol::boot::IMAGE_BASE;
+
+    use super::testing::{RawGuest, layout};
+    use super::*;
+    use crate::vm::layout::{BOOT_INFO, GDT};
+
+    /// Runs a raw guest and returns the exception it raised.
+    fn exception(guest: RawGuest) -> GuestException {
+        match guest.vm().run() {
+            Err(Error::GuestException(e)) => e,
+            other => panic!("expected a guest exception, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn protocol_exits_are_reported_and_the_guest_resumes_after_each() {
+        let mut vm = RawGuest::new()
+            .out(Port::Done as u8)
+            .out(Port::OutCall as u8)
+            .out(Port::Abort as u8)
+            .vm();
+        assert_eq!(vm.run().unwrap(), GuestExit::Done);
+        assert_eq!(vm.run().unwrap(), GuestExit::OutCall);
+        assert_eq!(vm.run().unwrap(), GuestExit::Abort);
+    }
+
+    #[test]
+    fn hlt_is_a_privileged_instruction() {
+        let e = exception(RawGuest::new().code(&[0xf4]));
+        assert_eq!((e.vector, e.rip), (13, IMAGE_BASE));
+        assert_eq!(e.cause, FaultCause::PrivilegedInstruction);
+        assert_eq!(e.error_code, Some(0));
+    }
+
+    #[test]
+    fn ud2_is_an_invalid_opcode() {
+        let e = exception(RawGuest::new().code(&[0x90, 0x0f, 0x0b]));
+        assert_eq!((e.vector, e.rip, e.error_code), (6, IMAGE_BASE + 1, None));
+        assert_eq!(e.cause, FaultCause::Other);
+        assert!(e.to_string().contains("#UD"), "{e}");
+    }
+
+    #[test]
+    fn ports_outside_the_protocol_and_in_are_refused() {
+        for code in [
+            &[0xb0, 0x00, 0xe6, 0x80][..],              // out 0x80, al
+            &[0xb0, 0x00, 0xe6, Port::Exception as u8], // the stubs' port
+            &[0xe4, 0x80],                              // in al, 0x80
+            &[0x66, 0xba, 0x00, 0x10, 0xee],            // out 0x1000, al (beyond the bitmap)
+        ] {
+            let e = exception(RawGuest::new().code(code));
+            assert_eq!(e.vector, 13, "{code:x?}");
+            assert_eq!(e.cause, FaultCause::PrivilegedInstruction, "{code:x?}");
+        }
+    }
+
+    #[test]
+    fn in_from_a_protocol_port_is_an_unexpected_exit() {
+        // The I/O bitmap cannot tell `in` from `out`: KVM sees the `in`.
+        let mut vm = RawGuest::new().code(&[0xe4, Port::Done as u8]).vm();
+        match vm.run() {
+            Err(Error::UnexpectedExit { exit, rip }) => {
+                assert_eq!(rip, IMAGE_BASE);
+                assert!(exit.contains("in from I/O port 0x10"), "{exit}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn int3_is_reported_as_an_exception() {
+        // The gates are DPL0, so `int3` from CPL3 should raise #GP; some
+        // KVMs deliver #BP anyway. Either way the host gets a report.
+        let e = exception(RawGuest::new().code(&[0xcc]));
+        assert!(matches!(e.vector, 3 | 13), "{e}");
+    }
+
+    #[test]
+    fn a_null_pointer_read_is_a_page_fault() {
+        let e = exception(RawGuest::new().mov_rax(0).code(&[0x8a, 0x00])); // mov al, [rax]
+        assert_eq!(e.vector, 14);
+        assert_eq!(e.fault_address, Some(0));
+        assert_eq!(e.cause, FaultCause::NullPointer);
+    }
+
+    #[test]
+    fn a_jump_to_null_is_a_page_fault() {
+        let e = exception(RawGuest::new().mov_rax(0).code(&[0xff, 0xe0])); // jmp rax
+        assert_eq!((e.vector, e.rip, e.cause), (14, 0, FaultCause::NullPointer));
+    }
+
+    #[test]
+    fn a_write_below_the_stack_is_a_stack_overflow() {
+        let guard = layout().stack_guard;
+        let e = exception(RawGuest::new().mov_rax(guard.end() - 8).code(&[0x88, 0x00]));
+        assert_eq!(e.cause, FaultCause::StackOverflow);
+        assert_eq!(e.fault_address, Some(guard.end() - 8));
+        // A real overflow: push until it faults.
+        let e = exception(RawGuest::new().code(&[0x50, 0xeb, 0xfd])); // push rax; jmp back
+        assert_eq!(e.cause, FaultCause::StackOverflow);
+    }
+
+    #[test]
+    fn protected_and_unmapped_memory_fault() {
+        // Writing the read-only BootInfo page.
+        let e = exception(RawGuest::new().mov_rax(BOOT_INFO).code(&[0x88, 0x00]));
+        assert_eq!(e.cause, FaultCause::ProtectionViolation);
+        // Reading the supervisor-only GDT.
+        let e = exception(RawGuest::new().mov_rax(GDT).code(&[0x8a, 0x00]));
+        assert_eq!(e.cause, FaultCause::ProtectionViolation);
+        // Executing the stack (no-execute).
+        let stack = layout().stack.addr;
+        let e = exception(RawGuest::new().mov_rax(stack).code(&[0xff, 0xe0]));
+        assert_eq!((e.rip, e.cause), (stack, FaultCause::ProtectionViolation));
+        // Reading the page tables, which are not mapped at all.
+        let e = exception(RawGuest::new().mov_rax(0x1_0000).code(&[0x8a, 0x00]));
+        assert_eq!(e.cause, FaultCause::UnmappedAddress);
+        // Reading past the end of guest memory.
+        let end = layout().memory_size();
+        let e = exception(RawGuest::new().mov_rax(end).code(&[0x8a, 0x00]));
+        assert_eq!(
+            (e.fault_address, e.cause),
+            (Some(end), FaultCause::UnmappedAddress)
+        );
+    }
+
+    #[test]
+    fn a_guest_without_usable_exception_handling_triple_faults() {
+        let mut vm = RawGuest::new().code(&[0x0f, 0x0b]).vm();
+        let mut sregs = vm.vcpu.get_sregs().unwrap();
+        sregs.idt.limit = 0;
+        vm.vcpu.set_sregs(&sregs).unwrap();
+        assert!(matches!(vm.run(), Err(Error::TripleFault { rip }) if rip == IMAGE_BASE));
+    }
+
+    #[test]
+    fn exits_the_protocol_does_not_allow_are_errors() {
+        let vm = RawGuest::new().vm();
+        assert!(matches!(
+            vm.classify(Exit::Mmio { gpa: 1 << 40 }),
+            Err(Error::GuestMemoryViolation { gpa, .. }) if gpa == 1 << 40
+        ));
+        assert!(matches!(
+            vm.classify(Exit::Out {
+                port: 0x80,
+                byte: Some(0)
+            }),
+            Err(Error::UnexpectedExit { .. })
+        ));
+        assert!(matches!(
+            vm.classify(Exit::Other(String::from("Hlt"))),
+            Err(Error::UnexpectedExit { .. })
+        ));
+        // An exception report that did not come from a stub.
+        assert!(matches!(
+            vm.classify(Exit::Out {
+                port: Port::Exception as u16,
+                byte: Some(14)
+            }),
+            Err(Error::UnexpectedExit { .. })
+        ));
     }
 }

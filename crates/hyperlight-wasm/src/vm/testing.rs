@@ -1,0 +1,100 @@
+//! Test-only guests: a few hand-assembled x86-64 instructions at the image
+//! base, for exercising the VMM and the protocol with guests that misbehave
+//! in exactly one way.
+
+use hyperlight_wasm_protocol::boot::IMAGE_BASE;
+use hyperlight_wasm_protocol::port::Port;
+
+use super::Vm;
+use super::elf::{GuestImage, Segment};
+use super::layout::{Layout, Sizes};
+
+/// The sizes test VMs use.
+pub(crate) const SIZES: Sizes = Sizes {
+    heap: 4 << 20,
+    stack: 64 << 10,
+    input: 16 << 10,
+    output: 16 << 10,
+};
+
+/// Where a raw guest's data lives (after its code, in the same segment).
+const DATA_OFFSET: usize = 0x1_0000;
+
+/// The layout of a VM made with [`SIZES`].
+pub(crate) fn layout() -> Layout {
+    Layout::new(&SIZES).expect("test sizes are valid")
+}
+
+/// A guest made of raw machine code (and data it copies around), loaded as
+/// one user-mode, writable, executable segment at the image base.
+#[derive(Debug, Default)]
+pub(crate) struct RawGuest {
+    code: Vec<u8>,
+    data: Vec<u8>,
+}
+
+impl RawGuest {
+    pub(crate) fn new() -> RawGuest {
+        RawGuest::default()
+    }
+
+    /// Appends raw instruction bytes.
+    pub(crate) fn code(mut self, bytes: &[u8]) -> RawGuest {
+        self.code.extend_from_slice(bytes);
+        self
+    }
+
+    /// `mov rax, value`.
+    pub(crate) fn mov_rax(self, value: u64) -> RawGuest {
+        self.code(&[0x48, 0xb8]).code(&value.to_le_bytes())
+    }
+
+    /// `mov al, 0` then `out port, al`.
+    pub(crate) fn out(self, port: u8) -> RawGuest {
+        self.code(&[0xb0, 0x00, 0xe6, port])
+    }
+
+    /// Copies `bytes` to guest address `dest` (`rep movsb`), then exits on
+    /// `port`.
+    pub(crate) fn send(mut self, dest: u64, bytes: &[u8], port: Port) -> RawGuest {
+        let src = IMAGE_BASE + (DATA_OFFSET + self.data.len()) as u64;
+        self.data.extend_from_slice(bytes);
+        self.code(&[0x48, 0xbe]) // mov rsi, src
+            .code(&src.to_le_bytes())
+            .code(&[0x48, 0xbf]) // mov rdi, dest
+            .code(&dest.to_le_bytes())
+            .code(&[0x48, 0xb9]) // mov rcx, len
+            .code(&(bytes.len() as u64).to_le_bytes())
+            .code(&[0xf3, 0xa4]) // rep movsb
+            .out(port as u8)
+    }
+
+    /// Sends an encoded message through the output buffer.
+    pub(crate) fn send_output(self, bytes: &[u8], port: Port) -> RawGuest {
+        self.send(layout().output.addr, bytes, port)
+    }
+
+    /// Spins forever (`jmp .`).
+    pub(crate) fn spin(self) -> RawGuest {
+        self.code(&[0xeb, 0xfe])
+    }
+
+    /// A VM that runs this guest.
+    pub(crate) fn vm(&self) -> Vm {
+        assert!(self.code.len() <= DATA_OFFSET, "raw guest code too long");
+        let mut bytes = self.code.clone();
+        bytes.resize(DATA_OFFSET, 0x90);
+        bytes.extend_from_slice(&self.data);
+        let image = GuestImage {
+            entry: IMAGE_BASE,
+            segments: vec![Segment {
+                addr: IMAGE_BASE,
+                data: &bytes,
+                mem_size: bytes.len() as u64,
+                writable: true,
+                executable: true,
+            }],
+        };
+        Vm::with_image(&SIZES, &image).expect("test VM")
+    }
+}

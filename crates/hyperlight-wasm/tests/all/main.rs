@@ -1,0 +1,7 @@
+//! Integration tests: every test drives real KVM micro-VMs through the public
+//! API. They fail (never skip) when `/dev/kvm` is unusable.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+mod common;
+mod errors;
+mod lifecycle;
