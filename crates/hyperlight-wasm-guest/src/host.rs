@@ -83,11 +83,37 @@ pub fn read_request() -> Result<Request, WireError> {
     wire::decode_buffer(input())
 }
 
+/// Why an out-call failed.
+#[derive(Debug)]
+pub enum OutCallError {
+    /// The call does not fit the output buffer.
+    Send(WireError),
+    /// The host's reply does not decode.
+    Reply(WireError),
+}
+
+impl fmt::Display for OutCallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OutCallError::Send(e) => write!(f, "the call to the host cannot be sent: {e}"),
+            OutCallError::Reply(e) => write!(f, "the host's reply cannot be decoded: {e}"),
+        }
+    }
+}
+
 /// Asks the host for something in the middle of a request.
-pub fn out_call(call: &OutCall) -> Result<OutCallReply, WireError> {
-    wire::encode(call, output())?;
+pub fn out_call(call: &OutCall) -> Result<OutCallReply, OutCallError> {
+    wire::encode(call, output()).map_err(OutCallError::Send)?;
     exit(Port::OutCall);
-    wire::decode_buffer(input())
+    wire::decode_buffer(input()).map_err(OutCallError::Reply)
+}
+
+/// The largest string or byte buffer the guest moves through one buffer in
+/// one message (leaving room for the message around it).
+pub fn transfer_limit() -> usize {
+    let input = INPUT_SIZE.load(Ordering::Relaxed);
+    let output = OUTPUT_SIZE.load(Ordering::Relaxed);
+    input.min(output).saturating_sub(1024) as usize
 }
 
 /// A `fmt::Write` into a fixed buffer that drops what does not fit.

@@ -5,6 +5,8 @@
 //! - [`platform`]: what wasmtime's `no_std` runtime needs from us (thread
 //!   locals, code memory, CPU feature detection) and the heap allocator.
 //! - [`runtime`]: the engine, the loaded module and the request dispatcher.
+//! - [`abi`]: how values live in a module's memory and wasm values.
+//! - [`imports`]: what modules may import: host functions and WASI.
 //!
 //! The guest trusts the host (the host wrote its memory and can reset it at
 //! will); the host trusts nothing the guest writes.
@@ -13,7 +15,9 @@
 
 extern crate alloc;
 
+mod abi;
 mod host;
+mod imports;
 mod platform;
 mod runtime;
 

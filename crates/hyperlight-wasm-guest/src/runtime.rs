@@ -3,7 +3,6 @@
 
 use alloc::alloc::{Layout, alloc, dealloc};
 use alloc::format;
-use alloc::string::String;
 use alloc::sync::Arc;
 use alloc::vec::Vec;
 use core::fmt;
@@ -12,14 +11,14 @@ use core::ptr::NonNull;
 use hyperlight_wasm_protocol::boot::BootInfo;
 use hyperlight_wasm_protocol::engine;
 use hyperlight_wasm_protocol::message::{
-    ErrorCode, GuestError, OutCall, OutCallReply, Request, Response, Value, ValueType,
+    ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Request, Response, Value,
+    ValueType,
 };
-use wasmtime::{
-    Engine, ExternType, Func, Instance, Linker, Module, Store, Trap, Val, ValType, WasmBacktrace,
-};
+use wasmtime::{Engine, Instance, Module, Store, Trap, Val, ValType, WasmBacktrace};
 
-use crate::host;
-use crate::platform;
+use crate::abi::{self, Fault, ModuleMemory};
+use crate::imports::{self, Exit};
+use crate::{host, platform};
 
 /// Stack the guest keeps for itself below wasm code: wasmtime's own frames
 /// around a call and the host-call path.
@@ -41,6 +40,27 @@ fn error(code: ErrorCode, message: fmt::Arguments<'_>) -> GuestError {
     }
 }
 
+/// Why a request failed: an error to report, or the module's `proc_exit`.
+enum Failure {
+    Error(GuestError),
+    Exit(i32),
+}
+
+impl From<GuestError> for Failure {
+    fn from(e: GuestError) -> Failure {
+        Failure::Error(e)
+    }
+}
+
+impl From<Fault> for Failure {
+    fn from(f: Fault) -> Failure {
+        Failure::Error(GuestError {
+            code: f.code,
+            message: f.message,
+        })
+    }
+}
+
 /// The engine and, between a load and an unload, one module.
 pub struct Runtime {
     engine: Engine,
@@ -52,6 +72,7 @@ pub struct Runtime {
 struct Loaded {
     store: Store<()>,
     instance: Instance,
+    memory: ModuleMemory,
     _module: Module,
     _artifact: Artifact,
 }
@@ -85,9 +106,12 @@ impl Runtime {
     /// Handles one request from the host.
     pub fn handle(&mut self, request: Request) -> Response {
         let result = match request {
-            Request::LoadModule { artifact_len } => {
-                self.load(artifact_len).map(|()| Response::ModuleLoaded)
-            }
+            Request::LoadModule {
+                artifact_len,
+                host_functions,
+            } => self
+                .load(artifact_len, &host_functions)
+                .map(|()| Response::ModuleLoaded),
             Request::Call {
                 function,
                 args,
@@ -98,18 +122,28 @@ impl Runtime {
                 None => Err(error(
                     ErrorCode::NoModuleLoaded,
                     format_args!("no module is loaded"),
-                )),
+                )
+                .into()),
             },
         };
-        result.unwrap_or_else(Response::Failed)
+        match result {
+            Ok(response) => response,
+            Err(Failure::Error(e)) => Response::Failed(e),
+            Err(Failure::Exit(code)) => Response::Exited { code },
+        }
     }
 
-    fn load(&mut self, artifact_len: u64) -> Result<(), GuestError> {
+    fn load(
+        &mut self,
+        artifact_len: u64,
+        host_functions: &[HostFunctionSignature],
+    ) -> Result<(), Failure> {
         if self.loaded.is_some() {
             return Err(error(
                 ErrorCode::ModuleAlreadyLoaded,
                 format_args!("a module is already loaded"),
-            ));
+            )
+            .into());
         }
         let artifact = Artifact::new(artifact_len)?;
         let reply = host::out_call(&OutCall::ArtifactBuffer {
@@ -117,8 +151,12 @@ impl Runtime {
             len: artifact_len,
         })
         .map_err(|e| error(ErrorCode::BadRequest, format_args!("{e}")))?;
-        match reply {
-            OutCallReply::Done => {}
+        if reply != OutCallReply::Done {
+            return Err(error(
+                ErrorCode::BadRequest,
+                format_args!("the host answered {reply:?} to the artifact buffer"),
+            )
+            .into());
         }
         // SAFETY: the bytes were produced by the host's wasmtime (the same
         // version and configuration, checked by deserialize). Even if they
@@ -127,25 +165,14 @@ impl Runtime {
         // it, and nothing writes to it after this point.
         let module = unsafe { Module::deserialize_raw(&self.engine, artifact.as_non_null_slice()) }
             .map_err(|e| error(ErrorCode::IncompatibleArtifact, format_args!("{e:#}")))?;
-        if let Some(import) = module.imports().next() {
-            let kind = match import.ty() {
-                ExternType::Func(_) => "function",
-                ExternType::Global(_) => "global",
-                ExternType::Table(_) => "table",
-                ExternType::Memory(_) => "memory",
-                _ => "item",
-            };
-            return Err(error(
-                ErrorCode::UnknownImport,
-                format_args!(
-                    "the module imports {kind} `{}::{}`, which this sandbox does not provide",
-                    import.module(),
-                    import.name()
-                ),
-            ));
-        }
-        let linker = Linker::new(&self.engine);
+        let linker = imports::linker(&self.engine, host_functions).map_err(|e| {
+            error(
+                ErrorCode::Other,
+                format_args!("cannot set up imports: {e:?}"),
+            )
+        })?;
         let mut store = Store::new(&self.engine, ());
+        imports::check_imports(&module, &linker, &mut store)?;
         let instance = linker.instantiate(&mut store, &module).map_err(|e| {
             from_wasmtime(
                 ErrorCode::InstantiationFailed,
@@ -153,21 +180,19 @@ impl Runtime {
                 &e,
             )
         })?;
+        let exports = ModuleMemory::EXPORTS.map(|name| instance.get_export(&mut store, name));
+        let memory = ModuleMemory::new(&store, exports, host::transfer_limit());
         self.loaded = Some(Loaded {
             store,
             instance,
+            memory,
             _module: module,
             _artifact: artifact,
         });
         Ok(())
     }
 
-    fn call(
-        &mut self,
-        name: &str,
-        args: Vec<Value>,
-        returns: ValueType,
-    ) -> Result<Value, GuestError> {
+    fn call(&mut self, name: &str, args: Vec<Value>, returns: ValueType) -> Result<Value, Failure> {
         let loaded = self.loaded.as_mut().ok_or_else(|| {
             error(
                 ErrorCode::NoModuleLoaded,
@@ -185,109 +210,160 @@ impl Runtime {
             })?;
         let ty = func.ty(&loaded.store);
         let params: Vec<ValType> = ty.params().collect();
-        if params.len() != args.len() {
-            return Err(error(
-                ErrorCode::ParameterCountMismatch,
-                format_args!(
-                    "`{name}` takes {} argument(s) but the call passed {}",
-                    params.len(),
-                    args.len()
-                ),
-            ));
-        }
-        let wasm_args = args
-            .iter()
-            .zip(&params)
-            .enumerate()
-            .map(|(i, (value, ty))| {
-                to_wasm(value, ty).ok_or_else(|| parameter_mismatch(name, i, value.ty(), ty))
-            })
-            .collect::<Result<Vec<Val>, GuestError>>()?;
         let results: Vec<ValType> = ty.results().collect();
+        check_params(name, &args, &params)?;
         check_returns(name, &results, returns)?;
+
+        // Strings and buffers go into memory from the module's malloc; the
+        // runtime frees them with the module's free after the call.
+        let mut wasm_args = Vec::with_capacity(params.len());
+        let mut allocations = Vec::new();
+        for (i, arg) in args.iter().enumerate() {
+            let what = format!("passing argument {i} ({}) to `{name}`", arg.ty());
+            match arg {
+                Value::String(s) => {
+                    let ptr = loaded
+                        .memory
+                        .alloc_write(&mut loaded.store, s.as_bytes(), true, &what)
+                        .map_err(|e| from_wasmtime(ErrorCode::Other, &what, &e))?;
+                    allocations.push(ptr);
+                    wasm_args.push(Val::I32(ptr));
+                }
+                Value::Bytes(b) => {
+                    let ptr = loaded
+                        .memory
+                        .alloc_write(&mut loaded.store, b, false, &what)
+                        .map_err(|e| from_wasmtime(ErrorCode::Other, &what, &e))?;
+                    allocations.push(ptr);
+                    wasm_args.push(Val::I32(ptr));
+                    wasm_args.push(Val::I32(b.len() as i32));
+                }
+                scalar => wasm_args.extend(abi::scalar_to_wasm(scalar)),
+            }
+        }
         let mut out: Vec<Val> = results.iter().map(|_| Val::I32(0)).collect();
-        call_func(&func, &mut loaded.store, &wasm_args, &mut out)
-            .map_err(|e| from_wasmtime(ErrorCode::Other, &format!("calling `{name}`"), &e))?;
-        Ok(from_wasm(out.first(), returns))
+        let called = func.call(&mut loaded.store, &wasm_args, &mut out);
+        for ptr in allocations {
+            // Freeing can trap too; the call's own outcome comes first.
+            if let Err(e) = loaded.memory.free(&mut loaded.store, ptr)
+                && called.is_ok()
+            {
+                return Err(from_wasmtime(
+                    ErrorCode::Other,
+                    &format!("freeing the arguments of `{name}`"),
+                    &e,
+                ));
+            }
+        }
+        called.map_err(|e| from_wasmtime(ErrorCode::Other, &format!("calling `{name}`"), &e))?;
+
+        let result = out.first();
+        let what = format!("the result of `{name}`");
+        let value = match (returns, result) {
+            (ValueType::Void, _) => Value::Void,
+            (ValueType::String, Some(Val::I32(ptr))) => {
+                let s = loaded.memory.read_string(&loaded.store, *ptr, &what)?;
+                loaded
+                    .memory
+                    .free(&mut loaded.store, *ptr)
+                    .map_err(|e| from_wasmtime(ErrorCode::Other, &what, &e))?;
+                Value::String(s)
+            }
+            (ValueType::Bytes, Some(Val::I32(ptr))) => {
+                let b = loaded
+                    .memory
+                    .read_len_prefixed(&loaded.store, *ptr, &what)?;
+                loaded
+                    .memory
+                    .free(&mut loaded.store, *ptr)
+                    .map_err(|e| from_wasmtime(ErrorCode::Other, &what, &e))?;
+                Value::Bytes(b)
+            }
+            (ty, Some(val)) => abi::scalar_from_wasm(val, ty).ok_or_else(|| {
+                error(
+                    ErrorCode::ReturnTypeMismatch,
+                    format_args!("{what} is not a {ty}"),
+                )
+            })?,
+            (ty, None) => {
+                return Err(error(
+                    ErrorCode::ReturnTypeMismatch,
+                    format_args!("{what} is missing, expected {ty}"),
+                )
+                .into());
+            }
+        };
+        Ok(value)
     }
 }
 
-fn call_func(
-    func: &Func,
-    store: &mut Store<()>,
-    args: &[Val],
-    out: &mut [Val],
-) -> wasmtime::Result<()> {
-    func.call(store, args, out)
-}
-
-fn parameter_mismatch(name: &str, index: usize, given: ValueType, ty: &ValType) -> GuestError {
-    error(
-        ErrorCode::ParameterTypeMismatch,
-        format_args!(
-            "argument {index} is {given} but parameter {index} of `{name}` has wasm type {ty}"
-        ),
-    )
-}
-
-/// Converts an argument to the wasm value the parameter needs, if it fits.
-fn to_wasm(value: &Value, ty: &ValType) -> Option<Val> {
-    Some(match (value, ty) {
-        (Value::I32(v), ValType::I32) => Val::I32(*v),
-        (Value::U32(v), ValType::I32) => Val::I32(*v as i32),
-        (Value::Bool(v), ValType::I32) => Val::I32(i32::from(*v)),
-        (Value::I64(v), ValType::I64) => Val::I64(*v),
-        (Value::U64(v), ValType::I64) => Val::I64(*v as i64),
-        (Value::F32(v), ValType::F32) => Val::F32(v.to_bits()),
-        (Value::F64(v), ValType::F64) => Val::F64(v.to_bits()),
-        _ => return None,
-    })
+/// Checks the arguments against the function's wasm parameters (a `String`
+/// takes one `i32`, a `Vec<u8>` two).
+fn check_params(name: &str, args: &[Value], params: &[ValType]) -> Result<(), GuestError> {
+    let wanted: usize = args.iter().map(|a| abi::wasm_types(a.ty()).len()).sum();
+    if wanted != params.len() {
+        return Err(error(
+            ErrorCode::ParameterCountMismatch,
+            format_args!(
+                "`{name}` takes {} wasm parameter(s) {} but the {} argument(s) passed make {wanted} \
+                 (a String is one i32, a Vec<u8> two)",
+                params.len(),
+                abi::type_list(params),
+                args.len(),
+            ),
+        ));
+    }
+    let mut at = 0;
+    for (i, arg) in args.iter().enumerate() {
+        let types = abi::wasm_types(arg.ty());
+        let slots = &params[at..at + types.len()];
+        if !types.iter().zip(slots).all(|(a, b)| abi::same_type(a, b)) {
+            return Err(error(
+                ErrorCode::ParameterTypeMismatch,
+                format_args!(
+                    "argument {i} is {} (wasm {}) but `{name}` takes {} there",
+                    arg.ty(),
+                    abi::type_list(types),
+                    abi::type_list(slots)
+                ),
+            ));
+        }
+        at += types.len();
+    }
+    Ok(())
 }
 
 /// Checks that the function's results can be returned as `returns`.
 fn check_returns(name: &str, results: &[ValType], returns: ValueType) -> Result<(), GuestError> {
-    let fits = matches!(
-        (results, returns),
-        ([], ValueType::Void)
-            | (
-                [ValType::I32],
-                ValueType::I32 | ValueType::U32 | ValueType::Bool
-            )
-            | ([ValType::I64], ValueType::I64 | ValueType::U64)
-            | ([ValType::F32], ValueType::F32)
-            | ([ValType::F64], ValueType::F64)
-    );
-    if fits {
+    let wanted = abi::wasm_result(returns);
+    if wanted.len() == results.len()
+        && wanted
+            .iter()
+            .zip(results)
+            .all(|(a, b)| abi::same_type(a, b))
+    {
         return Ok(());
     }
-    let wasm: Vec<String> = results.iter().map(|t| format!("{t}")).collect();
     Err(error(
         ErrorCode::ReturnTypeMismatch,
         format_args!(
-            "`{name}` returns [{}], which cannot be returned as {returns}",
-            wasm.join(", ")
+            "`{name}` returns {}, which cannot be returned as {returns} (wasm {})",
+            abi::type_list(results),
+            abi::type_list(wanted)
         ),
     ))
 }
 
-/// Converts the wasm result to the requested type ([`check_returns`] has
-/// checked that they fit).
-fn from_wasm(result: Option<&Val>, returns: ValueType) -> Value {
-    match (result, returns) {
-        (Some(Val::I32(v)), ValueType::I32) => Value::I32(*v),
-        (Some(Val::I32(v)), ValueType::U32) => Value::U32(*v as u32),
-        (Some(Val::I32(v)), ValueType::Bool) => Value::Bool(*v != 0),
-        (Some(Val::I64(v)), ValueType::I64) => Value::I64(*v),
-        (Some(Val::I64(v)), ValueType::U64) => Value::U64(*v as u64),
-        (Some(Val::F32(v)), ValueType::F32) => Value::F32(f32::from_bits(*v)),
-        (Some(Val::F64(v)), ValueType::F64) => Value::F64(f64::from_bits(*v)),
-        _ => Value::Void,
+/// Turns a wasmtime error into a [`Failure`]: the module's exit, a fault of
+/// ours, a trap (named), or `otherwise`.
+fn from_wasmtime(otherwise: ErrorCode, doing: &str, e: &wasmtime::Error) -> Failure {
+    if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
+        return Failure::Exit(*code);
     }
-}
-
-/// Turns a wasmtime error into a [`GuestError`], naming the trap if it was one.
-fn from_wasmtime(otherwise: ErrorCode, doing: &str, e: &wasmtime::Error) -> GuestError {
-    match (e.downcast_ref::<Trap>(), e.downcast_ref::<WasmBacktrace>()) {
+    if let Some(fault) = e.downcast_ref::<Fault>() {
+        return error(fault.code, format_args!("{}", fault.message)).into();
+    }
+    let e = match (e.downcast_ref::<Trap>(), e.downcast_ref::<WasmBacktrace>()) {
         (Some(trap), Some(backtrace)) => {
             error(trap_code(*trap), format_args!("{trap}\n{backtrace}"))
         }
@@ -296,7 +372,8 @@ fn from_wasmtime(otherwise: ErrorCode, doing: &str, e: &wasmtime::Error) -> Gues
             error(ErrorCode::OutOfMemory, format_args!("{doing}: {e:?}"))
         }
         (None, _) => error(otherwise, format_args!("{doing}: {e:?}")),
-    }
+    };
+    e.into()
 }
 
 fn trap_code(trap: Trap) -> ErrorCode {

@@ -125,6 +125,8 @@ pub enum Request {
     LoadModule {
         /// Size of the precompiled artifact in bytes.
         artifact_len: u64,
+        /// The host functions the module may import from module `env`.
+        host_functions: Vec<HostFunctionSignature>,
     },
     /// Call an exported function of the loaded module.
     Call {
@@ -138,6 +140,25 @@ pub enum Request {
     /// Drop the loaded module and its instance; answered by
     /// [`Response::ModuleUnloaded`].
     UnloadModule,
+}
+
+/// A host function the module may import from module `env`, by name.
+///
+/// How its values appear in wasm: `i32`, `u32` and `bool` as an `i32`;
+/// `i64` and `u64` as an `i64`; floats as themselves; a `String` argument as
+/// an `i32` pointer to NUL-terminated UTF-8 in the module's memory; a
+/// `Vec<u8>` argument as two `i32`s, pointer and length. A `String` result is
+/// an `i32` pointer to NUL-terminated UTF-8, a `Vec<u8>` result an `i32`
+/// pointer to a little-endian `u32` length followed by the bytes, both in
+/// memory the runtime obtained from the module's `malloc`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFunctionSignature {
+    /// The name the module imports.
+    pub name: String,
+    /// Parameter types, in order.
+    pub params: Vec<ValueType>,
+    /// Result type.
+    pub returns: ValueType,
 }
 
 /// The guest's answer to a [`Request`] (or [`Response::Ready`] after boot),
@@ -157,6 +178,11 @@ pub enum Response {
     ModuleUnloaded,
     /// The request failed.
     Failed(GuestError),
+    /// The module called WASI `proc_exit` with this exit code.
+    Exited {
+        /// The exit code.
+        code: i32,
+    },
 }
 
 /// A guest's call to the host in the middle of a request, in the output
@@ -171,6 +197,29 @@ pub enum OutCall {
         /// Its length; must equal the artifact's length.
         len: u64,
     },
+    /// Call a host function the module imported.
+    CallHost {
+        /// Its registered name.
+        function: String,
+        /// Arguments, of the types its signature lists.
+        args: Vec<Value>,
+    },
+    /// Print text (the module wrote to stdout or stderr).
+    Print {
+        /// The text.
+        text: String,
+    },
+    /// Read a clock: nanoseconds since the Unix epoch (`realtime`) or since
+    /// an arbitrary fixed point (otherwise).
+    Clock {
+        /// Which clock.
+        realtime: bool,
+    },
+    /// Random bytes for the module.
+    Random {
+        /// How many (at most what the input buffer holds).
+        len: u32,
+    },
 }
 
 /// The host's answer to an [`OutCall`], in the input buffer.
@@ -178,6 +227,14 @@ pub enum OutCall {
 pub enum OutCallReply {
     /// Done as asked.
     Done,
+    /// The host function returned this value.
+    Returned(Value),
+    /// The host function failed; the message says why.
+    Failed(String),
+    /// A clock reading, in nanoseconds.
+    Time(u64),
+    /// Random bytes.
+    Random(Vec<u8>),
 }
 
 /// Why the guest stopped for good, in the output buffer at
@@ -250,6 +307,17 @@ pub enum ErrorCode {
     TrapOther,
     /// The guest heap is exhausted.
     OutOfMemory,
+    /// A host function the module called failed.
+    HostFunctionFailed,
+    /// The module imports a host function with another signature than the
+    /// one registered.
+    ImportTypeMismatch,
+    /// The module lacks an export the call needs (`memory`, `malloc`).
+    MissingExport,
+    /// The module handed back a pointer or length outside its memory.
+    BadGuestPointer,
+    /// The module handed back a string that is not valid UTF-8.
+    InvalidUtf8,
     /// The guest runtime panicked.
     Panic,
     /// A failure the other codes do not describe.
@@ -282,6 +350,11 @@ impl ErrorCode {
             ErrorCode::TrapHeapMisaligned => "TrapHeapMisaligned",
             ErrorCode::TrapOther => "TrapOther",
             ErrorCode::OutOfMemory => "OutOfMemory",
+            ErrorCode::HostFunctionFailed => "HostFunctionFailed",
+            ErrorCode::ImportTypeMismatch => "ImportTypeMismatch",
+            ErrorCode::MissingExport => "MissingExport",
+            ErrorCode::BadGuestPointer => "BadGuestPointer",
+            ErrorCode::InvalidUtf8 => "InvalidUtf8",
             ErrorCode::Panic => "Panic",
             ErrorCode::Other => "Other",
         }

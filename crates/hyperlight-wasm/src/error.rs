@@ -143,6 +143,60 @@ pub enum Error {
         /// wasmtime's description, with the wasm backtrace.
         message: String,
     },
+    /// A host function registered under this name already exists.
+    #[error("a host function named `{name}` is already registered")]
+    HostFunctionAlreadyRegistered {
+        /// The name.
+        name: String,
+    },
+    /// A host function returned an error; the guest call failed with it.
+    #[error("host function `{function}` failed")]
+    HostFunctionFailed {
+        /// The host function.
+        function: String,
+        /// Its error.
+        #[source]
+        source: BoxError,
+    },
+    /// A host function panicked; the guest call failed, the host goes on.
+    #[error("host function `{function}` panicked: {message}")]
+    HostFunctionPanicked {
+        /// The host function.
+        function: String,
+        /// The panic message.
+        message: String,
+    },
+    /// The module imports a host function (or a WASI function) with another
+    /// signature than the sandbox provides.
+    #[error("cannot load the module: {message}")]
+    ImportTypeMismatch {
+        /// Names the import and both signatures.
+        message: String,
+    },
+    /// The call needs an export the module lacks (`memory`, `malloc`).
+    #[error("the module lacks an export the call needs: {message}")]
+    MissingExport {
+        /// Which export, and why.
+        message: String,
+    },
+    /// The module handed back a pointer or length outside its memory.
+    #[error("the module handed back an invalid pointer: {message}")]
+    BadGuestPointer {
+        /// Which value, where.
+        message: String,
+    },
+    /// The module handed back a string that is not valid UTF-8.
+    #[error("the module handed back invalid UTF-8: {message}")]
+    InvalidUtf8 {
+        /// Which value.
+        message: String,
+    },
+    /// The module called WASI `proc_exit`.
+    #[error("the module exited with code {code} (WASI proc_exit)")]
+    GuestExited {
+        /// The exit code.
+        code: i32,
+    },
     /// The guest ran out of heap.
     #[error("the guest ran out of memory: {message}")]
     GuestOutOfMemory {

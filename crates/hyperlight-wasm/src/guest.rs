@@ -6,6 +6,9 @@
 //! [`Error::poisons`]) poisons the [`Guest`]: every later request fails with
 //! [`Error::Poisoned`], naming the first failure.
 
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
 use hyperlight_wasm_protocol::message::{
     Abort, ErrorCode, GuestError, OutCall, OutCallReply, Request, Response, Value, ValueType,
@@ -15,14 +18,33 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{Error, ProtocolError, Result, TrapKind};
+use crate::sandbox::host_functions::{self, HostFunctions};
 use crate::vm::memory::OutOfBounds;
 use crate::vm::{GuestExit, Vm};
 
-/// A guest VM and the state of the conversation with it.
-#[derive(Debug)]
+/// Receives what the module prints.
+pub(crate) type PrintFn = Box<dyn FnMut(&str) + Send>;
+
+/// A guest VM, the host's side of its imports, and the state of the
+/// conversation with it.
 pub(crate) struct Guest {
     vm: Vm,
     poisoned: Option<String>,
+    functions: HostFunctions,
+    print: PrintFn,
+    /// The error of the host function that failed during the current
+    /// request, reported when the guest call fails because of it.
+    host_failure: Option<Error>,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("vm", &self.vm)
+            .field("poisoned", &self.poisoned)
+            .field("functions", &self.functions)
+            .finish_non_exhaustive()
+    }
 }
 
 impl From<OutOfBounds> for Error {
@@ -34,59 +56,57 @@ impl From<OutOfBounds> for Error {
     }
 }
 
+/// What a module being loaded still needs copied in.
+struct Artifact<'a> {
+    bytes: &'a [u8],
+    copied: bool,
+}
+
 impl Guest {
     /// Wraps a VM that has not run yet.
-    pub(crate) fn new(vm: Vm) -> Guest {
-        Guest { vm, poisoned: None }
+    pub(crate) fn new(vm: Vm, print: PrintFn) -> Guest {
+        Guest {
+            vm,
+            poisoned: None,
+            functions: HostFunctions::new(),
+            print,
+            host_failure: None,
+        }
+    }
+
+    /// The host functions modules may import.
+    pub(crate) fn host_functions_mut(&mut self) -> &mut HostFunctions {
+        &mut self.functions
     }
 
     /// Runs the guest from its entry point until its runtime is ready.
     pub(crate) fn boot(&mut self) -> Result<()> {
-        self.guarded(|guest| match guest.run_to_done(&mut no_out_calls)? {
+        self.guarded(|guest| match guest.run_to_done(None)? {
             Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
             Response::Ready { protocol_version } => Err(ProtocolError::VersionMismatch {
                 guest: protocol_version,
                 host: PROTOCOL_VERSION,
             }
             .into()),
-            Response::Failed(e) => Err(guest_error(e, None)),
-            other => Err(unexpected("the ready message", &other)),
+            other => Err(guest.unexpected_response("the ready message", other, None)),
         })
     }
 
     /// Loads a precompiled module: the guest allocates room for it, the host
-    /// copies it there, the guest deserializes and instantiates it.
+    /// copies it there, the guest deserializes, links and instantiates it.
     pub(crate) fn load_module(&mut self, artifact: &[u8]) -> Result<()> {
         self.guarded(|guest| {
             guest.send(&Request::LoadModule {
                 artifact_len: artifact.len() as u64,
+                host_functions: host_functions::signatures(&guest.functions),
             })?;
-            let mut copied = false;
-            let mut serve = |vm: &mut Vm, call: OutCall| match call {
-                OutCall::ArtifactBuffer { addr, len } => {
-                    if copied {
-                        return Err(unexpected("no further out-call", &call));
-                    }
-                    if len != artifact.len() as u64 {
-                        return Err(ProtocolError::WrongLength {
-                            offered: len,
-                            needed: artifact.len() as u64,
-                        }
-                        .into());
-                    }
-                    // The guest names the buffer; it must lie in its heap.
-                    if !vm.layout().heap.contains_range(addr, len) {
-                        return Err(ProtocolError::OutOfBounds { addr, len }.into());
-                    }
-                    vm.memory_mut().write(addr, artifact)?;
-                    copied = true;
-                    Ok(OutCallReply::Done)
-                }
+            let mut artifact = Artifact {
+                bytes: artifact,
+                copied: false,
             };
-            match guest.run_to_done(&mut serve)? {
-                Response::ModuleLoaded if copied => Ok(()),
-                Response::Failed(e) => Err(guest_error(e, None)),
-                other => Err(unexpected("the module-loaded message", &other)),
+            match guest.run_to_done(Some(&mut artifact))? {
+                Response::ModuleLoaded if artifact.copied => Ok(()),
+                other => Err(guest.unexpected_response("the module-loaded message", other, None)),
             }
         })
     }
@@ -104,10 +124,11 @@ impl Guest {
                 args,
                 returns,
             })?;
-            match guest.run_to_done(&mut no_out_calls)? {
+            match guest.run_to_done(None)? {
                 Response::Returned(value) if value.ty() == returns => Ok(value),
-                Response::Failed(e) => Err(guest_error(e, Some(function))),
-                other => Err(unexpected("the function's result", &other)),
+                other => {
+                    Err(guest.unexpected_response("the function's result", other, Some(function)))
+                }
             }
         })
     }
@@ -116,12 +137,32 @@ impl Guest {
     pub(crate) fn unload_module(&mut self) -> Result<()> {
         self.guarded(|guest| {
             guest.send(&Request::UnloadModule)?;
-            match guest.run_to_done(&mut no_out_calls)? {
+            match guest.run_to_done(None)? {
                 Response::ModuleUnloaded => Ok(()),
-                Response::Failed(e) => Err(guest_error(e, None)),
-                other => Err(unexpected("the module-unloaded message", &other)),
+                other => Err(guest.unexpected_response("the module-unloaded message", other, None)),
             }
         })
+    }
+
+    /// The error for a response other than the one a request expects: the
+    /// guest's reported failure, the module's exit, or a protocol error.
+    fn unexpected_response(
+        &mut self,
+        expected: &'static str,
+        response: Response,
+        function: Option<&str>,
+    ) -> Error {
+        match response {
+            Response::Failed(e) => {
+                let host_failure = self.host_failure.take();
+                match (e.code, host_failure) {
+                    (ErrorCode::HostFunctionFailed, Some(failure)) => failure,
+                    _ => guest_error(e, function),
+                }
+            }
+            Response::Exited { code } => Error::GuestExited { code },
+            other => unexpected(expected, &other),
+        }
     }
 
     /// Runs `step` unless the guest is poisoned, and poisons it if `step`
@@ -132,6 +173,7 @@ impl Guest {
                 reason: reason.clone(),
             });
         }
+        self.host_failure = None;
         let result = step(self);
         if let Err(e) = &result
             && e.poisons()
@@ -161,20 +203,105 @@ impl Guest {
         Ok(())
     }
 
-    /// Runs the guest until it answers, serving its out-calls with `serve`.
-    fn run_to_done(
-        &mut self,
-        serve: &mut dyn FnMut(&mut Vm, OutCall) -> Result<OutCallReply>,
-    ) -> Result<Response> {
+    /// Runs the guest until it answers, serving its out-calls; `artifact` is
+    /// the module being loaded, if any.
+    fn run_to_done(&mut self, mut artifact: Option<&mut Artifact<'_>>) -> Result<Response> {
         loop {
             match self.vm.run()? {
                 GuestExit::Done => return self.read_output("a response"),
                 GuestExit::OutCall => {
                     let call = self.read_output("an out-call")?;
-                    let reply = serve(&mut self.vm, call)?;
+                    let reply = self.serve(call, artifact.as_deref_mut())?;
                     self.send(&reply)?;
                 }
                 GuestExit::Abort => return Err(self.abort_error()),
+            }
+        }
+    }
+
+    /// Answers an out-call.
+    fn serve(
+        &mut self,
+        call: OutCall,
+        artifact: Option<&mut Artifact<'_>>,
+    ) -> Result<OutCallReply> {
+        match call {
+            OutCall::ArtifactBuffer { addr, len } => {
+                let Some(artifact) = artifact.filter(|a| !a.copied) else {
+                    return Err(unexpected(
+                        "no artifact request",
+                        &OutCall::ArtifactBuffer { addr, len },
+                    ));
+                };
+                let needed = artifact.bytes.len() as u64;
+                if len != needed {
+                    return Err(ProtocolError::WrongLength {
+                        offered: len,
+                        needed,
+                    }
+                    .into());
+                }
+                // The guest names the buffer; it must lie in its heap.
+                if !self.vm.layout().heap.contains_range(addr, len) {
+                    return Err(ProtocolError::OutOfBounds { addr, len }.into());
+                }
+                self.vm.memory_mut().write(addr, artifact.bytes)?;
+                artifact.copied = true;
+                Ok(OutCallReply::Done)
+            }
+            OutCall::CallHost { function, args } => self.call_host(function, args),
+            OutCall::Print { text } => {
+                (self.print)(&text);
+                Ok(OutCallReply::Done)
+            }
+            OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
+            OutCall::Random { len } => {
+                // The reply must fit the input buffer.
+                let limit = self.vm.layout().input.size.saturating_sub(64);
+                if u64::from(len) > limit {
+                    return Err(unexpected(
+                        "a random request that fits the input buffer",
+                        &len,
+                    ));
+                }
+                Ok(OutCallReply::Random(random_bytes(len as usize)?))
+            }
+        }
+    }
+
+    /// Calls a registered host function for the guest. Its arguments are
+    /// checked against its signature first (the guest is not trusted to);
+    /// its errors and panics fail the guest call, not the host.
+    fn call_host(&mut self, function: String, args: Vec<Value>) -> Result<OutCallReply> {
+        let Some(registered) = self.functions.get_mut(&function) else {
+            return Err(unexpected(
+                "a call to a registered host function",
+                &function,
+            ));
+        };
+        let types: Vec<ValueType> = args.iter().map(Value::ty).collect();
+        if types != registered.params {
+            return Err(unexpected(
+                "host function arguments matching its signature",
+                &types,
+            ));
+        }
+        let call = &mut registered.call;
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(args))) {
+            Ok(Ok(value)) => Ok(OutCallReply::Returned(value)),
+            Ok(Err(source)) => {
+                let message = format!(
+                    "host function `{function}` failed: {}",
+                    error_chain(&*source)
+                );
+                self.host_failure = Some(Error::HostFunctionFailed { function, source });
+                Ok(OutCallReply::Failed(message))
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let reply = format!("host function `{function}` panicked: {message}");
+                self.host_failure = Some(Error::HostFunctionPanicked { function, message });
+                Ok(OutCallReply::Failed(reply))
             }
         }
     }
@@ -220,12 +347,6 @@ impl Guest {
     }
 }
 
-/// The out-call handler for requests during which the guest has no reason to
-/// call the host.
-fn no_out_calls(_: &mut Vm, call: OutCall) -> Result<OutCallReply> {
-    Err(unexpected("no out-call", &call))
-}
-
 fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
     let mut got = format!("{got:?}");
     // Keep a hostile guest from filling the error with its output.
@@ -238,6 +359,54 @@ fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
         got.push_str("...");
     }
     Error::Protocol(ProtocolError::UnexpectedMessage { expected, got })
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        String::from("<non-string panic payload>")
+    }
+}
+
+/// Nanoseconds on the realtime clock (since the Unix epoch) or on a
+/// monotonic clock (since this process first asked).
+fn clock_ns(realtime: bool) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = if realtime {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    } else {
+        START.get_or_init(Instant::now).elapsed()
+    };
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Random bytes from the operating system.
+fn random_bytes(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        // SAFETY: the pointer and length describe the unfilled tail of
+        // `bytes`, which getrandom only writes.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), len - filled, 0) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Os {
+                operation: "get random bytes for the guest",
+                source: e,
+            });
+        }
+        filled += n as usize;
+    }
+    Ok(bytes)
 }
 
 fn unreadable_abort(e: &Error) -> Error {
@@ -293,6 +462,10 @@ fn guest_error(e: GuestError, function: Option<&str>) -> Error {
         ErrorCode::UnknownImport => Error::UnknownImport { message },
         ErrorCode::InstantiationFailed => Error::Instantiation { message },
         ErrorCode::OutOfMemory => Error::GuestOutOfMemory { message },
+        ErrorCode::ImportTypeMismatch => Error::ImportTypeMismatch { message },
+        ErrorCode::MissingExport => Error::MissingExport { message },
+        ErrorCode::BadGuestPointer => Error::BadGuestPointer { message },
+        ErrorCode::InvalidUtf8 => Error::InvalidUtf8 { message },
         code => Error::GuestFailed { code, message },
     }
 }
@@ -307,7 +480,7 @@ mod tests {
     use crate::vm::testing::{RawGuest, layout};
 
     fn guest(raw: RawGuest) -> Guest {
-        Guest::new(raw.vm())
+        Guest::new(raw.vm(), Box::new(|_| {}))
     }
 
     fn framed<T: Serialize>(msg: &T) -> Vec<u8> {

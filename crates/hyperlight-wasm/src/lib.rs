@@ -59,8 +59,10 @@ mod vm;
 
 pub use compile::compile_module;
 pub use error::{Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
+pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use sandbox::{
-    LoadedWasmSandbox, ParameterTuple, ProtoWasmSandbox, SandboxBuilder, SupportedParameterType,
-    SupportedReturnType, WasmSandbox,
+    HostFunction, HostParameterType, HostReturnType, HostValue, LoadedWasmSandbox, ParameterTuple,
+    ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder,
+    SupportedParameterType, SupportedReturnType, WasmSandbox,
 };
 pub use vm::is_hypervisor_present;

@@ -1,7 +1,9 @@
 //! [`SandboxBuilder`]: the sizes of a sandbox's guest memory regions.
 
+use std::io::Write;
+
 use crate::error::{Error, Result};
-use crate::guest::Guest;
+use crate::guest::{Guest, PrintFn};
 use crate::sandbox::ProtoWasmSandbox;
 use crate::vm::Vm;
 use crate::vm::layout::Sizes;
@@ -28,13 +30,25 @@ const GIB: u64 = 1024 * MIB;
 /// # drop(sandbox);
 /// # Ok::<(), hyperlight_wasm::Error>(())
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
 #[must_use]
 pub struct SandboxBuilder {
     heap_size: u64,
     stack_size: u64,
     input_buffer_size: u64,
     output_buffer_size: u64,
+    print: Option<PrintFn>,
+}
+
+impl std::fmt::Debug for SandboxBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxBuilder")
+            .field("heap_size", &self.heap_size)
+            .field("stack_size", &self.stack_size)
+            .field("input_buffer_size", &self.input_buffer_size)
+            .field("output_buffer_size", &self.output_buffer_size)
+            .field("print", &self.print.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl Default for SandboxBuilder {
@@ -73,7 +87,20 @@ impl SandboxBuilder {
             stack_size: Self::DEFAULT_GUEST_STACK_SIZE,
             input_buffer_size: Self::DEFAULT_BUFFER_SIZE,
             output_buffer_size: Self::DEFAULT_BUFFER_SIZE,
+            print: None,
         }
+    }
+
+    /// Sets the function that receives what the module prints (its writes
+    /// to stdout and stderr through WASI `fd_write`). By default it goes to
+    /// the host process's stdout. Invalid UTF-8 in printed output is replaced
+    /// with U+FFFD.
+    pub fn with_host_print_fn(
+        mut self,
+        print: impl FnMut(&str) + Send + 'static,
+    ) -> SandboxBuilder {
+        self.print = Some(Box::new(print));
+        self
     }
 
     /// Sets the guest heap size, between [`Self::MIN_GUEST_HEAP_SIZE`] and
@@ -118,7 +145,8 @@ impl SandboxBuilder {
     pub fn build(self) -> Result<ProtoWasmSandbox> {
         let sizes = self.sizes()?;
         let vm = Vm::new(&sizes)?;
-        Ok(ProtoWasmSandbox::new(Guest::new(vm)))
+        let print = self.print.unwrap_or_else(|| Box::new(print_to_stdout));
+        Ok(ProtoWasmSandbox::new(Guest::new(vm, print)))
     }
 
     /// The checked sizes.
@@ -154,6 +182,13 @@ impl SandboxBuilder {
             output: self.output_buffer_size,
         })
     }
+}
+
+fn print_to_stdout(text: &str) {
+    let mut out = std::io::stdout().lock();
+    // Printing is best effort: a closed stdout must not fail guest calls.
+    let _ = out.write_all(text.as_bytes());
+    let _ = out.flush();
 }
 
 fn check(setting: &'static str, value: u64, min: u64, max: u64) -> Result<()> {

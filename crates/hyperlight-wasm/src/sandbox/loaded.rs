@@ -4,7 +4,9 @@ use hyperlight_wasm_protocol::message::ValueType;
 
 use crate::error::{ProtocolError, Result};
 use crate::guest::Guest;
-use crate::sandbox::{ParameterTuple, SupportedReturnType, WasmSandbox};
+use crate::sandbox::{
+    ParameterTuple, ParameterValue, ReturnType, ReturnValue, SupportedReturnType, WasmSandbox,
+};
 
 /// A sandbox with a loaded, instantiated module.
 #[derive(Debug)]
@@ -56,6 +58,37 @@ impl LoadedWasmSandbox {
             }
             .into()
         })
+    }
+
+    /// Calls the module's exported function `name` with arguments and a
+    /// result type chosen at run time.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(sandbox: &mut hyperlight_wasm::LoadedWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// use hyperlight_wasm::{ParameterValue, ReturnType, ReturnValue};
+    ///
+    /// let echoed = sandbox.call_guest_function_dynamic(
+    ///     "Echo",
+    ///     &[ParameterValue::String("hi".into())],
+    ///     ReturnType::String,
+    /// )?;
+    /// assert_eq!(echoed, ReturnValue::String("hi".into()));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadedWasmSandbox::call_guest_function`].
+    pub fn call_guest_function_dynamic(
+        &mut self,
+        name: &str,
+        args: &[ParameterValue],
+        returns: ReturnType,
+    ) -> Result<ReturnValue> {
+        let args = args.iter().cloned().map(Into::into).collect();
+        let value = self.guest.call(name, args, returns.into())?;
+        Ok(value.into())
     }
 
     /// Unloads the module; the sandbox can then load another.

@@ -2,13 +2,20 @@
 //! traits that type guest-function arguments and results.
 
 mod builder;
+pub(crate) mod host_functions;
 mod loaded;
 mod params;
 mod proto;
+mod values;
 mod wasm;
 
 pub use builder::SandboxBuilder;
+pub use host_functions::HostFunction;
 pub use loaded::LoadedWasmSandbox;
-pub use params::{ParameterTuple, SupportedParameterType, SupportedReturnType};
+pub use params::{
+    HostParameterType, HostReturnType, HostValue, ParameterTuple, SupportedParameterType,
+    SupportedReturnType,
+};
 pub use proto::ProtoWasmSandbox;
+pub use values::{ParameterValue, ReturnType, ReturnValue};
 pub use wasm::WasmSandbox;

@@ -1,10 +1,14 @@
-//! How Rust values become guest-function arguments and results.
+//! How Rust values become guest-function arguments and results, and
+//! host-function parameters and results.
 //!
 //! [`SupportedParameterType`] and [`SupportedReturnType`] are implemented for
 //! the value types a call can carry; [`ParameterTuple`] for a single such
-//! value, `()` and tuples of up to 12 of them.
+//! value, `()` and tuples of up to 12 of them. [`HostParameterType`] and
+//! [`HostReturnType`] do the same for host functions.
 
 use hyperlight_wasm_protocol::message::{Value, ValueType};
+
+use crate::error::BoxError;
 
 mod sealed {
     pub trait Sealed {}
@@ -13,7 +17,11 @@ mod sealed {
 /// A type that can be passed to a guest function.
 ///
 /// `i32`, `u32` and `bool` travel as a wasm `i32`; `i64` and `u64` as an
-/// `i64`; `f32` and `f64` as themselves, NaN payloads included.
+/// `i64`; `f32` and `f64` as themselves, NaN payloads included. A `String`
+/// (or `&str`) arrives as an `i32` pointer to NUL-terminated UTF-8, a
+/// `Vec<u8>` (or `&[u8]`) as two `i32`s, pointer and length, both in memory
+/// the runtime allocated with the module's exported `malloc` and frees with
+/// its `free` after the call: the function must copy what it keeps.
 pub trait SupportedParameterType: sealed::Sealed {
     /// The protocol value.
     #[doc(hidden)]
@@ -21,6 +29,12 @@ pub trait SupportedParameterType: sealed::Sealed {
 }
 
 /// A type a guest function can return (`()` for a function without result).
+///
+/// A `String` result is an `i32` pointer to NUL-terminated UTF-8, a
+/// `Vec<u8>` result an `i32` pointer to a little-endian `u32` length followed
+/// by the bytes; the memory must come from the module's `malloc`, and the
+/// runtime frees it with the module's `free` (if it exports one) after
+/// copying the value out.
 pub trait SupportedReturnType: sealed::Sealed + Sized {
     /// The type the guest is asked to return.
     #[doc(hidden)]
@@ -36,6 +50,60 @@ pub trait ParameterTuple {
     /// The arguments, in order.
     #[doc(hidden)]
     fn into_values(self) -> Vec<Value>;
+}
+
+/// A type a host function can take as a parameter: the value types
+/// [`SupportedReturnType`] lists, but `()`.
+///
+/// A `String` parameter is read from an `i32` pointer to NUL-terminated
+/// UTF-8 in the module's memory, a `Vec<u8>` from two `i32`s, pointer and
+/// length; the module keeps ownership of that memory.
+pub trait HostParameterType: sealed::Sealed + Sized {
+    /// The parameter's type.
+    #[doc(hidden)]
+    const TYPE: ValueType;
+    /// Extracts the argument, if it has this type.
+    #[doc(hidden)]
+    fn from_value(value: Value) -> Option<Self>;
+}
+
+/// A type a host function can return: a value type, `()`, or a `Result` of
+/// one whose error converts into `Box<dyn Error + Send + Sync>` (an error
+/// fails the guest call with [`crate::Error::HostFunctionFailed`]).
+///
+/// A `String` or `Vec<u8>` result is written into memory the runtime
+/// obtains from the module's `malloc` (a `Vec<u8>` as a little-endian `u32`
+/// length followed by the bytes); the module owns it and must free it.
+pub trait HostReturnType {
+    /// The result's type.
+    #[doc(hidden)]
+    const TYPE: ValueType;
+    /// The result as a value, or the host function's error.
+    #[doc(hidden)]
+    fn into_result(self) -> Result<Value, BoxError>;
+}
+
+/// A plain value a host function returns (the `T` of `Result<T, E>`).
+#[doc(hidden)]
+pub trait HostValue: sealed::Sealed {
+    /// The value's type.
+    const TYPE: ValueType;
+    /// The value.
+    fn into_value(self) -> Value;
+}
+
+impl<T: HostValue> HostReturnType for T {
+    const TYPE: ValueType = T::TYPE;
+    fn into_result(self) -> Result<Value, BoxError> {
+        Ok(self.into_value())
+    }
+}
+
+impl<T: HostValue, E: Into<BoxError>> HostReturnType for Result<T, E> {
+    const TYPE: ValueType = T::TYPE;
+    fn into_result(self) -> Result<Value, BoxError> {
+        self.map(HostValue::into_value).map_err(Into::into)
+    }
 }
 
 macro_rules! value_type {
@@ -55,6 +123,21 @@ macro_rules! value_type {
                 }
             }
         }
+        impl HostParameterType for $ty {
+            const TYPE: ValueType = ValueType::$variant;
+            fn from_value(value: Value) -> Option<Self> {
+                match value {
+                    Value::$variant(v) => Some(v),
+                    _ => None,
+                }
+            }
+        }
+        impl HostValue for $ty {
+            const TYPE: ValueType = ValueType::$variant;
+            fn into_value(self) -> Value {
+                Value::$variant(self)
+            }
+        }
     )*};
 }
 
@@ -66,6 +149,22 @@ value_type! {
     f32 => F32,
     f64 => F64,
     bool => Bool,
+    String => String,
+    Vec<u8> => Bytes,
+}
+
+impl sealed::Sealed for &str {}
+impl SupportedParameterType for &str {
+    fn into_value(self) -> Value {
+        Value::String(self.to_owned())
+    }
+}
+
+impl sealed::Sealed for &[u8] {}
+impl SupportedParameterType for &[u8] {
+    fn into_value(self) -> Value {
+        Value::Bytes(self.to_vec())
+    }
 }
 
 impl sealed::Sealed for () {}
@@ -73,6 +172,12 @@ impl SupportedReturnType for () {
     const TYPE: ValueType = ValueType::Void;
     fn from_value(value: Value) -> Option<Self> {
         matches!(value, Value::Void).then_some(())
+    }
+}
+impl HostValue for () {
+    const TYPE: ValueType = ValueType::Void;
+    fn into_value(self) -> Value {
+        Value::Void
     }
 }
 
@@ -140,8 +245,14 @@ mod tests {
 
     #[test]
     fn return_types_check_the_value() {
-        assert_eq!(i32::from_value(Value::I32(3)), Some(3));
-        assert_eq!(i32::from_value(Value::I64(3)), None);
+        assert_eq!(
+            <i32 as SupportedReturnType>::from_value(Value::I32(3)),
+            Some(3)
+        );
+        assert_eq!(
+            <i32 as SupportedReturnType>::from_value(Value::I64(3)),
+            None
+        );
         assert_eq!(<()>::from_value(Value::Void), Some(()));
         assert_eq!(<()>::from_value(Value::Bool(false)), None);
     }

@@ -1,9 +1,10 @@
 //! [`ProtoWasmSandbox`]: a sandbox whose VM exists but whose guest has not
 //! started.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::guest::Guest;
 use crate::sandbox::WasmSandbox;
+use crate::sandbox::host_functions::{HostFunction, Registered};
 
 /// A sandbox created by [`crate::SandboxBuilder::build`]: its VM and memory
 /// exist, its guest has not run yet.
@@ -15,6 +16,42 @@ pub struct ProtoWasmSandbox {
 impl ProtoWasmSandbox {
     pub(crate) fn new(guest: Guest) -> ProtoWasmSandbox {
         ProtoWasmSandbox { guest }
+    }
+
+    /// Registers a host function that modules import from module `env`
+    /// under `name`.
+    ///
+    /// `function` is any closure of up to 12 parameters of
+    /// [`crate::HostParameterType`]s returning a [`crate::HostReturnType`]:
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(mut proto: hyperlight_wasm::ProtoWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// proto.register("add", |a: i32, b: i32| a + b)?;
+    /// proto.register("greet", |name: String| format!("hello, {name}"))?;
+    /// proto.register("parse", |s: String| s.parse::<i64>())?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// If the function returns an error or panics, the guest call that
+    /// called it fails with [`Error::HostFunctionFailed`] or
+    /// [`Error::HostFunctionPanicked`]; the host goes on.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostFunctionAlreadyRegistered`] if `name` is taken.
+    pub fn register<Args, Output>(
+        &mut self,
+        name: impl Into<String>,
+        function: impl HostFunction<Args, Output>,
+    ) -> Result<()> {
+        let name = name.into();
+        let functions = self.guest.host_functions_mut();
+        if functions.contains_key(&name) {
+            return Err(Error::HostFunctionAlreadyRegistered { name });
+        }
+        functions.insert(name, Registered::new(function));
+        Ok(())
     }
 
     /// Boots the guest and starts its WebAssembly runtime.

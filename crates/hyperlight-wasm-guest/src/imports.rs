@@ -1,0 +1,474 @@
+//! What a module may import: the host functions registered for the sandbox
+//! (module `env`, by name) and a WASI preview1 subset (module
+//! `wasi_snapshot_preview1`) enough for modules built by stock C and Rust
+//! toolchains. Anything else fails the load with an error naming it.
+
+use alloc::borrow::ToOwned;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+
+use hyperlight_wasm_protocol::message::{
+    ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Value, ValueType,
+};
+use wasmtime::{
+    Caller, Engine, Extern, ExternType, FuncType, Linker, Memory, Module, Store, Val, ValType,
+};
+
+use crate::abi::{self, Fault, ModuleMemory};
+use crate::host;
+
+/// The WASI module name.
+const WASI: &str = "wasi_snapshot_preview1";
+
+// WASI errno values.
+const ESUCCESS: i32 = 0;
+const EBADF: i32 = 8;
+const EFAULT: i32 = 21;
+const EINVAL: i32 = 28;
+const ENOSYS: i32 = 52;
+const ESPIPE: i32 = 70;
+
+/// WASI `proc_exit`: ends the call; the host reports the exit code.
+#[derive(Debug)]
+pub struct Exit(pub i32);
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "the module exited with code {}", self.0)
+    }
+}
+
+impl core::error::Error for Exit {}
+
+fn error(code: ErrorCode, message: fmt::Arguments<'_>) -> GuestError {
+    GuestError {
+        code,
+        message: format!("{message}"),
+    }
+}
+
+/// The module's memory and allocator, seen from inside an import.
+fn caller_memory(caller: &mut Caller<'_, ()>) -> ModuleMemory {
+    let exports = ModuleMemory::EXPORTS.map(|name| caller.get_export(name));
+    ModuleMemory::new(&*caller, exports, host::transfer_limit())
+}
+
+fn memory_of(caller: &mut Caller<'_, ()>) -> Option<Memory> {
+    caller.get_export("memory").and_then(Extern::into_memory)
+}
+
+/// Asks the host for something on behalf of an import.
+fn ask_host(call: &OutCall) -> wasmtime::Result<OutCallReply> {
+    host::out_call(call).map_err(|e| {
+        let code = match e {
+            host::OutCallError::Send(_) => ErrorCode::Other,
+            host::OutCallError::Reply(_) => ErrorCode::BadRequest,
+        };
+        Fault::new(code, format_args!("{e}")).into()
+    })
+}
+
+/// Builds the linker for a module: host functions and WASI.
+pub fn linker(
+    engine: &Engine,
+    host_functions: &[HostFunctionSignature],
+) -> wasmtime::Result<Linker<()>> {
+    let mut linker = Linker::new(engine);
+    for sig in host_functions {
+        define_host_function(&mut linker, engine, sig)?;
+    }
+    define_wasi(&mut linker)?;
+    Ok(linker)
+}
+
+/// Checks every import of `module` against what `linker` provides, with
+/// errors that name the import.
+pub fn check_imports(
+    module: &Module,
+    linker: &Linker<()>,
+    store: &mut Store<()>,
+) -> Result<(), GuestError> {
+    for import in module.imports() {
+        let name = format!("{}::{}", import.module(), import.name());
+        let Some(provided) = linker.get_by_import(&mut *store, &import) else {
+            let hint = if import.module() == "env" {
+                "; register a host function of that name"
+            } else {
+                ""
+            };
+            return Err(error(
+                ErrorCode::UnknownImport,
+                format_args!(
+                    "the module imports `{name}`, which this sandbox does not provide{hint}"
+                ),
+            ));
+        };
+        match (import.ty(), provided) {
+            (ExternType::Func(wanted), Extern::Func(func)) => {
+                let have = func.ty(&*store);
+                let wanted_params: Vec<ValType> = wanted.params().collect();
+                let wanted_results: Vec<ValType> = wanted.results().collect();
+                let have_params: Vec<ValType> = have.params().collect();
+                let have_results: Vec<ValType> = have.results().collect();
+                let same = |a: &[ValType], b: &[ValType]| {
+                    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| abi::same_type(x, y))
+                };
+                if !same(&wanted_params, &have_params) || !same(&wanted_results, &have_results) {
+                    return Err(error(
+                        ErrorCode::ImportTypeMismatch,
+                        format_args!(
+                            "the module imports `{name}` as {} -> {}, but the sandbox provides it as {} -> {}",
+                            abi::type_list(&wanted_params),
+                            abi::type_list(&wanted_results),
+                            abi::type_list(&have_params),
+                            abi::type_list(&have_results),
+                        ),
+                    ));
+                }
+            }
+            _ => {
+                return Err(error(
+                    ErrorCode::ImportTypeMismatch,
+                    format_args!("the module imports `{name}` as something other than a function"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Defines `env::<name>`, which forwards the call to the host.
+fn define_host_function(
+    linker: &mut Linker<()>,
+    engine: &Engine,
+    sig: &HostFunctionSignature,
+) -> wasmtime::Result<()> {
+    let params: Vec<ValType> = sig
+        .params
+        .iter()
+        .flat_map(|t| abi::wasm_types(*t).iter().cloned())
+        .collect();
+    let results = abi::wasm_result(sig.returns).to_vec();
+    let ty = FuncType::new(engine, params, results);
+    let sig = sig.clone();
+    linker.func_new(
+        "env",
+        &sig.name.clone(),
+        ty,
+        move |mut caller, wasm_args, results| {
+            let memory = caller_memory(&mut caller);
+            let name = &sig.name;
+            let mut args = Vec::with_capacity(sig.params.len());
+            // wasmtime checked the values against the function type, which was
+            // built from the signature: they are there, of these types.
+            let mut next = 0;
+            let mut take = || {
+                next += 1;
+                wasm_args.get(next - 1).cloned().unwrap_or(Val::I32(0))
+            };
+            for (i, ty) in sig.params.iter().enumerate() {
+                let what = || format!("argument {i} of host function `{name}`");
+                let value = match ty {
+                    ValueType::String => {
+                        let ptr = take().i32().unwrap_or(0);
+                        Value::String(memory.read_string(&caller, ptr, &what())?)
+                    }
+                    ValueType::Bytes => {
+                        let ptr = take().i32().unwrap_or(0);
+                        let len = take().i32().unwrap_or(0);
+                        Value::Bytes(memory.read_bytes(&caller, ptr, len, &what())?)
+                    }
+                    scalar => abi::scalar_from_wasm(&take(), *scalar).ok_or_else(|| {
+                        Fault::new(
+                            ErrorCode::Other,
+                            format_args!("{} has the wrong wasm type", what()),
+                        )
+                    })?,
+                };
+                args.push(value);
+            }
+            let reply = ask_host(&OutCall::CallHost {
+                function: name.clone(),
+                args,
+            })?;
+            let value = match reply {
+                OutCallReply::Returned(value) if value.ty() == sig.returns => value,
+                OutCallReply::Failed(message) => {
+                    return Err(Fault::new(
+                        ErrorCode::HostFunctionFailed,
+                        format_args!("{message}"),
+                    )
+                    .into());
+                }
+                other => {
+                    return Err(Fault::new(
+                        ErrorCode::BadRequest,
+                        format_args!("host function `{name}` answered {other:?}"),
+                    )
+                    .into());
+                }
+            };
+            let what = format!("the result of host function `{name}`");
+            match value {
+                Value::Void => {}
+                Value::String(s) => {
+                    results[0] =
+                        Val::I32(memory.alloc_write(&mut caller, s.as_bytes(), true, &what)?);
+                }
+                Value::Bytes(bytes) => {
+                    let mut buf = Vec::with_capacity(bytes.len() + 4);
+                    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    buf.extend_from_slice(&bytes);
+                    results[0] = Val::I32(memory.alloc_write(&mut caller, &buf, false, &what)?);
+                }
+                scalar => {
+                    results[0] = abi::scalar_to_wasm(&scalar).ok_or_else(|| {
+                        Fault::new(ErrorCode::Other, format_args!("{what} has no wasm form"))
+                    })?;
+                }
+            }
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+/// Reads a little-endian `u32` at `at`.
+fn read_u32(data: &[u8], at: usize) -> Option<u32> {
+    let bytes = data.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// Writes `bytes` at guest address `at`, or reports EFAULT.
+fn write_at(caller: &mut Caller<'_, ()>, at: i32, bytes: &[u8]) -> Result<(), i32> {
+    let memory = memory_of(caller).ok_or(EFAULT)?;
+    memory
+        .write(&mut *caller, at as u32 as usize, bytes)
+        .map_err(|_| EFAULT)
+}
+
+fn errno(result: Result<(), i32>) -> i32 {
+    match result {
+        Ok(()) => ESUCCESS,
+        Err(e) => e,
+    }
+}
+
+/// Defines the WASI preview1 subset.
+fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "fd_write",
+        |mut caller: Caller<'_, ()>,
+         fd: i32,
+         iovs: i32,
+         iovs_len: i32,
+         nwritten: i32|
+         -> wasmtime::Result<i32> {
+            if fd != 1 && fd != 2 {
+                return Ok(EBADF);
+            }
+            let Some(memory) = memory_of(&mut caller) else {
+                return Ok(EFAULT);
+            };
+            let data = memory.data(&caller);
+            let mut bytes = Vec::new();
+            for i in 0..iovs_len as u32 as usize {
+                let Some(at) = i
+                    .checked_mul(8)
+                    .and_then(|o| o.checked_add(iovs as u32 as usize))
+                else {
+                    return Ok(EFAULT);
+                };
+                let (Some(ptr), Some(len)) = (read_u32(data, at), read_u32(data, at + 4)) else {
+                    return Ok(EFAULT);
+                };
+                let (ptr, len) = (ptr as usize, len as usize);
+                let Some(chunk) = data.get(ptr..).and_then(|t| t.get(..len)) else {
+                    return Ok(EFAULT);
+                };
+                bytes.extend_from_slice(chunk);
+            }
+            let written = bytes.len() as u32;
+            print(&bytes)?;
+            Ok(errno(write_at(
+                &mut caller,
+                nwritten,
+                &written.to_le_bytes(),
+            )))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_read",
+        |mut caller: Caller<'_, ()>, fd: i32, _iovs: i32, _len: i32, nread: i32| -> i32 {
+            // stdin is empty.
+            if fd != 0 {
+                return EBADF;
+            }
+            errno(write_at(&mut caller, nread, &0u32.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(WASI, "fd_close", |fd: i32| -> i32 {
+        if (0..=2).contains(&fd) {
+            ESUCCESS
+        } else {
+            EBADF
+        }
+    })?;
+    linker.func_wrap(
+        WASI,
+        "fd_seek",
+        |_fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 { ESPIPE },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_fdstat_get",
+        |mut caller: Caller<'_, ()>, fd: i32, stat: i32| -> i32 {
+            if !(0..=2).contains(&fd) {
+                return EBADF;
+            }
+            // fdstat: filetype (character device), flags, rights base and
+            // inheriting: fd_read or fd_write only.
+            let mut bytes = [0u8; 24];
+            bytes[0] = 2;
+            let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
+            bytes[8..16].copy_from_slice(&rights.to_le_bytes());
+            errno(write_at(&mut caller, stat, &bytes))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_fdstat_set_flags",
+        |_fd: i32, _flags: i32| -> i32 { ENOSYS },
+    )?;
+    linker.func_wrap(WASI, "fd_prestat_get", |_fd: i32, _buf: i32| -> i32 {
+        EBADF
+    })?;
+    linker.func_wrap(
+        WASI,
+        "fd_prestat_dir_name",
+        |_fd: i32, _path: i32, _len: i32| -> i32 { EBADF },
+    )?;
+    for (list, sizes) in [
+        ("environ_get", "environ_sizes_get"),
+        ("args_get", "args_sizes_get"),
+    ] {
+        // Empty environment and argument list.
+        linker.func_wrap(WASI, list, |_ptrs: i32, _buf: i32| -> i32 { ESUCCESS })?;
+        linker.func_wrap(
+            WASI,
+            sizes,
+            |mut caller: Caller<'_, ()>, count: i32, size: i32| -> i32 {
+                errno(
+                    write_at(&mut caller, count, &0u32.to_le_bytes())
+                        .and_then(|()| write_at(&mut caller, size, &0u32.to_le_bytes())),
+                )
+            },
+        )?;
+    }
+    linker.func_wrap(
+        WASI,
+        "clock_time_get",
+        |mut caller: Caller<'_, ()>,
+         id: i32,
+         _precision: i64,
+         time: i32|
+         -> wasmtime::Result<i32> {
+            let realtime = match id {
+                0 => true,
+                1..=3 => false,
+                _ => return Ok(EINVAL),
+            };
+            let ns = match ask_host(&OutCall::Clock { realtime })? {
+                OutCallReply::Time(ns) => ns,
+                other => {
+                    return Err(Fault::new(
+                        ErrorCode::BadRequest,
+                        format_args!("clock answer {other:?}"),
+                    )
+                    .into());
+                }
+            };
+            Ok(errno(write_at(&mut caller, time, &ns.to_le_bytes())))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "clock_res_get",
+        |mut caller: Caller<'_, ()>, id: i32, res: i32| -> i32 {
+            if !(0..=3).contains(&id) {
+                return EINVAL;
+            }
+            errno(write_at(&mut caller, res, &1000u64.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "random_get",
+        |mut caller: Caller<'_, ()>, buf: i32, len: i32| -> wasmtime::Result<i32> {
+            let (mut at, mut left) = (buf as u32 as usize, len as u32 as usize);
+            while left > 0 {
+                let chunk = left.min(host::transfer_limit()) as u32;
+                let bytes = match ask_host(&OutCall::Random { len: chunk })? {
+                    OutCallReply::Random(bytes) if bytes.len() == chunk as usize => bytes,
+                    other => {
+                        return Err(Fault::new(
+                            ErrorCode::BadRequest,
+                            format_args!("random answer {other:?}"),
+                        )
+                        .into());
+                    }
+                };
+                if let Err(e) = write_at(&mut caller, at as i32, &bytes) {
+                    return Ok(e);
+                }
+                at += bytes.len();
+                left -= bytes.len();
+            }
+            Ok(ESUCCESS)
+        },
+    )?;
+    linker.func_wrap(WASI, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        Err(wasmtime::Error::new(Exit(code)))
+    })?;
+    linker.func_wrap(WASI, "sched_yield", || -> i32 { ESUCCESS })?;
+    linker.func_wrap(
+        WASI,
+        "poll_oneoff",
+        |_in: i32, _out: i32, _n: i32, _events: i32| -> i32 { ENOSYS },
+    )?;
+    Ok(())
+}
+
+/// Sends text the module wrote to stdout or stderr to the host's print
+/// function, in pieces that fit the output buffer. Invalid UTF-8 is
+/// replaced with U+FFFD: printing is diagnostics, not data.
+fn print(bytes: &[u8]) -> wasmtime::Result<()> {
+    let text = String::from_utf8_lossy(bytes);
+    let mut rest: &str = &text;
+    let limit = host::transfer_limit().max(4);
+    while !rest.is_empty() {
+        let mut cut = rest.len().min(limit);
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let (piece, tail) = rest.split_at(cut);
+        match ask_host(&OutCall::Print {
+            text: piece.to_owned(),
+        })? {
+            OutCallReply::Done => {}
+            other => {
+                return Err(Fault::new(
+                    ErrorCode::BadRequest,
+                    format_args!("print answer {other:?}"),
+                )
+                .into());
+            }
+        }
+        rest = tail;
+    }
+    Ok(())
+}
