@@ -180,6 +180,19 @@ impl Runtime {
                 &e,
             )
         })?;
+        // WASI reactors (C and Rust libraries built for wasm32-wasi) expect
+        // `_initialize` to run once before any other export.
+        if let Some(init) = instance.get_func(&mut store, "_initialize") {
+            let init = init.typed::<(), ()>(&store).map_err(|e| {
+                error(
+                    ErrorCode::InstantiationFailed,
+                    format_args!("the module exports `_initialize` with an unexpected type: {e}"),
+                )
+            })?;
+            init.call(&mut store, ()).map_err(|e| {
+                from_wasmtime(ErrorCode::InstantiationFailed, "running `_initialize`", &e)
+            })?;
+        }
         let exports = ModuleMemory::EXPORTS.map(|name| instance.get_export(&mut store, name));
         let memory = ModuleMemory::new(&store, exports, host::transfer_limit());
         self.loaded = Some(Loaded {

@@ -4,4 +4,10 @@
 
 mod common;
 mod errors;
+#[path = "../../fixtures/fixtures.rs"]
+mod fixtures;
+mod host_functions;
 mod lifecycle;
+mod samples;
+mod strings;
+mod values;

@@ -64,3 +64,52 @@ pub const BASIC: &str = r#"
     local.get 0 i32.load)
 )
 "#;
+
+/// A bump allocator (`malloc`, a no-op `free`), a memory and helpers
+/// (`$strdup`, `$prefixed` copies into a length-prefixed buffer), for WAT
+/// fixtures that take or return strings and buffers.
+pub const ALLOCATOR: &str = r#"
+  (memory (export "memory") 2)
+  (global $heap (mut i32) (i32.const 65536))
+  (func $malloc (export "malloc") (param $size i32) (result i32)
+    (local $ptr i32)
+    (local.set $ptr (global.get $heap))
+    (global.set $heap
+      (i32.and (i32.add (i32.add (global.get $heap) (local.get $size)) (i32.const 7))
+               (i32.const -8)))
+    (block $done
+      (loop $grow
+        (br_if $done
+          (i32.le_u (global.get $heap) (i32.shl (memory.size) (i32.const 16))))
+        (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1))
+          (then (return (i32.const 0))))
+        (br $grow)))
+    (local.get $ptr))
+  (func (export "free") (param i32))
+  (func $strlen (param $s i32) (result i32)
+    (local $n i32)
+    (block $end
+      (loop $next
+        (br_if $end (i32.eqz (i32.load8_u (i32.add (local.get $s) (local.get $n)))))
+        (local.set $n (i32.add (local.get $n) (i32.const 1)))
+        (br $next)))
+    (local.get $n))
+  (func $strdup (param $s i32) (result i32)
+    (local $len i32) (local $copy i32)
+    (local.set $len (i32.add (call $strlen (local.get $s)) (i32.const 1)))
+    (local.set $copy (call $malloc (local.get $len)))
+    (memory.copy (local.get $copy) (local.get $s) (local.get $len))
+    (local.get $copy))
+  (func $prefixed (param $ptr i32) (param $len i32) (result i32)
+    (local $out i32)
+    (local.set $out (call $malloc (i32.add (local.get $len) (i32.const 4))))
+    (i32.store (local.get $out) (local.get $len))
+    (memory.copy (i32.add (local.get $out) (i32.const 4)) (local.get $ptr) (local.get $len))
+    (local.get $out))
+"#;
+
+/// Wraps module fields into a module with [`ALLOCATOR`] (after them, so
+/// that imports among the fields come before any function).
+pub fn with_allocator(fields: &str) -> String {
+    format!("(module {fields} {ALLOCATOR})")
+}

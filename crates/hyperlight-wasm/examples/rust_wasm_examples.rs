@@ -1,0 +1,40 @@
+//! Builds the Rust module in `fixtures/rust-wasm` for wasm32-wasip1 (with
+//! cargo; `scripts/setup` installs the target), loads it, and calls its
+//! exports: strings, buffers, a host function, WASI printing and clocks.
+//!
+//! Run with `cargo run --release --example rust_wasm_examples`.
+
+#[path = "../fixtures/fixtures.rs"]
+mod fixtures;
+
+use hyperlight_wasm::{Result, SandboxBuilder};
+
+fn main() -> Result<()> {
+    let module = fixtures::rust_samples();
+    println!("built the Rust module: {} bytes of wasm", module.len());
+
+    let mut proto = SandboxBuilder::new().build()?;
+    proto.register("HostAdd", |a: i32, b: i32| a + b)?;
+    let mut sandbox = proto.load_runtime()?.load_module_from_buffer(module)?;
+
+    let greeting: String = sandbox.call_guest_function("Greet", "hyperlight")?;
+    println!("Greet returned {greeting:?}");
+    let reversed: Vec<u8> = sandbox.call_guest_function("Reverse", &b"stressed"[..])?;
+    println!(
+        "Reverse(\"stressed\") = {:?}",
+        String::from_utf8_lossy(&reversed)
+    );
+    println!(
+        "AddViaHost(40, 2) = {}",
+        sandbox.call_guest_function::<i32>("AddViaHost", (40, 2))?
+    );
+    println!(
+        "SumVec(1000) = {}",
+        sandbox.call_guest_function::<u64>("SumVec", 1000u32)?
+    );
+    println!(
+        "UnixTime() = {}",
+        sandbox.call_guest_function::<u64>("UnixTime", ())?
+    );
+    Ok(())
+}
