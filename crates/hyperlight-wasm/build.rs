@@ -7,7 +7,7 @@
 
 use std::env;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 const GUEST_TARGET: &str = "x86_64-unknown-none";
 const GUEST_NAME: &str = "hyperlight-wasm-guest";
@@ -48,6 +48,9 @@ fn main() {
 
     let mut cargo = Command::new(env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
     cargo
+        // Whatever stdin the outer build has is not for the nested one (its
+        // rustc probes read stdin).
+        .stdin(Stdio::null())
         .current_dir(&guest_dir)
         .args(["build", "--release", "--locked", "--target", GUEST_TARGET])
         .arg("--target-dir")
