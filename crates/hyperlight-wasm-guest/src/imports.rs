@@ -18,6 +18,7 @@ use wasmtime::{
 
 use crate::abi::{self, Fault, ModuleMemory};
 use crate::host;
+use crate::runtime::Limits;
 
 /// The WASI module name.
 const WASI: &str = "wasi_snapshot_preview1";
@@ -50,12 +51,12 @@ fn error(code: ErrorCode, message: fmt::Arguments<'_>) -> GuestError {
 }
 
 /// The module's memory and allocator, seen from inside an import.
-fn caller_memory(caller: &mut Caller<'_, ()>) -> ModuleMemory {
+fn caller_memory(caller: &mut Caller<'_, Limits>) -> ModuleMemory {
     let exports = ModuleMemory::EXPORTS.map(|name| caller.get_export(name));
     ModuleMemory::new(&*caller, exports, host::transfer_limit())
 }
 
-fn memory_of(caller: &mut Caller<'_, ()>) -> Option<Memory> {
+fn memory_of(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
     caller.get_export("memory").and_then(Extern::into_memory)
 }
 
@@ -74,7 +75,7 @@ fn ask_host(call: &OutCall) -> wasmtime::Result<OutCallReply> {
 pub fn linker(
     engine: &Engine,
     host_functions: &[HostFunctionSignature],
-) -> wasmtime::Result<Linker<()>> {
+) -> wasmtime::Result<Linker<Limits>> {
     let mut linker = Linker::new(engine);
     for sig in host_functions {
         define_host_function(&mut linker, engine, sig)?;
@@ -87,8 +88,8 @@ pub fn linker(
 /// errors that name the import.
 pub fn check_imports(
     module: &Module,
-    linker: &Linker<()>,
-    store: &mut Store<()>,
+    linker: &Linker<Limits>,
+    store: &mut Store<Limits>,
 ) -> Result<(), GuestError> {
     for import in module.imports() {
         let name = format!("{}::{}", import.module(), import.name());
@@ -141,7 +142,7 @@ pub fn check_imports(
 
 /// Defines `env::<name>`, which forwards the call to the host.
 fn define_host_function(
-    linker: &mut Linker<()>,
+    linker: &mut Linker<Limits>,
     engine: &Engine,
     sig: &HostFunctionSignature,
 ) -> wasmtime::Result<()> {
@@ -242,7 +243,7 @@ fn read_u32(data: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Writes `bytes` at guest address `at`, or reports EFAULT.
-fn write_at(caller: &mut Caller<'_, ()>, at: i32, bytes: &[u8]) -> Result<(), i32> {
+fn write_at(caller: &mut Caller<'_, Limits>, at: i32, bytes: &[u8]) -> Result<(), i32> {
     let memory = memory_of(caller).ok_or(EFAULT)?;
     memory
         .write(&mut *caller, at as u32 as usize, bytes)
@@ -257,11 +258,11 @@ fn errno(result: Result<(), i32>) -> i32 {
 }
 
 /// Defines the WASI preview1 subset.
-fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
+fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "fd_write",
-        |mut caller: Caller<'_, ()>,
+        |mut caller: Caller<'_, Limits>,
          fd: i32,
          iovs: i32,
          iovs_len: i32,
@@ -303,7 +304,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "fd_read",
-        |mut caller: Caller<'_, ()>, fd: i32, _iovs: i32, _len: i32, nread: i32| -> i32 {
+        |mut caller: Caller<'_, Limits>, fd: i32, _iovs: i32, _len: i32, nread: i32| -> i32 {
             // stdin is empty.
             if fd != 0 {
                 return EBADF;
@@ -326,7 +327,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "fd_fdstat_get",
-        |mut caller: Caller<'_, ()>, fd: i32, stat: i32| -> i32 {
+        |mut caller: Caller<'_, Limits>, fd: i32, stat: i32| -> i32 {
             if !(0..=2).contains(&fd) {
                 return EBADF;
             }
@@ -361,7 +362,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
         linker.func_wrap(
             WASI,
             sizes,
-            |mut caller: Caller<'_, ()>, count: i32, size: i32| -> i32 {
+            |mut caller: Caller<'_, Limits>, count: i32, size: i32| -> i32 {
                 errno(
                     write_at(&mut caller, count, &0u32.to_le_bytes())
                         .and_then(|()| write_at(&mut caller, size, &0u32.to_le_bytes())),
@@ -372,7 +373,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "clock_time_get",
-        |mut caller: Caller<'_, ()>,
+        |mut caller: Caller<'_, Limits>,
          id: i32,
          _precision: i64,
          time: i32|
@@ -398,7 +399,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "clock_res_get",
-        |mut caller: Caller<'_, ()>, id: i32, res: i32| -> i32 {
+        |mut caller: Caller<'_, Limits>, id: i32, res: i32| -> i32 {
             if !(0..=3).contains(&id) {
                 return EINVAL;
             }
@@ -408,7 +409,7 @@ fn define_wasi(linker: &mut Linker<()>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "random_get",
-        |mut caller: Caller<'_, ()>, buf: i32, len: i32| -> wasmtime::Result<i32> {
+        |mut caller: Caller<'_, Limits>, buf: i32, len: i32| -> wasmtime::Result<i32> {
             let (mut at, mut left) = (buf as u32 as usize, len as u32 as usize);
             while left > 0 {
                 let chunk = left.min(host::transfer_limit()) as u32;

@@ -61,16 +61,65 @@ impl From<Fault> for Failure {
     }
 }
 
-/// The engine and, between a load and an unload, one module.
+/// The engine and, once loaded, one module. (Unloading is the host's job:
+/// it restores the VM to its state before the load.)
 pub struct Runtime {
     engine: Engine,
     loaded: Option<Loaded>,
+    /// The most linear memory a module may have: the heap.
+    max_memory: usize,
+}
+
+/// The store's limits: linear memory may not outgrow the guest heap, and a
+/// `memory.grow` that fails is reported as running out of memory (a trap
+/// with a clear error) instead of quietly returning -1.
+pub struct Limits {
+    max_memory: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory {
+            return Err(Fault::new(
+                ErrorCode::OutOfMemory,
+                format_args!(
+                    "growing linear memory from {current} to {desired} bytes exceeds the guest heap of {} bytes",
+                    self.max_memory
+                ),
+            )
+            .into());
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        Err(Fault::new(
+            ErrorCode::OutOfMemory,
+            format_args!("growing linear memory failed: the guest heap is exhausted ({error})"),
+        )
+        .into())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        // A table entry takes a pointer or more of heap.
+        Ok(desired.saturating_mul(16) <= self.max_memory)
+    }
 }
 
 /// A module and its instance. Fields drop in order: the store and the module
 /// before the artifact memory their code lives in.
 struct Loaded {
-    store: Store<()>,
+    store: Store<Limits>,
     instance: Instance,
     memory: ModuleMemory,
     _module: Module,
@@ -100,6 +149,7 @@ impl Runtime {
         Ok(Runtime {
             engine: Engine::new(&config)?,
             loaded: None,
+            max_memory: usize::try_from(info.heap.size).unwrap_or(usize::MAX),
         })
     }
 
@@ -117,14 +167,6 @@ impl Runtime {
                 args,
                 returns,
             } => self.call(&function, args, returns).map(Response::Returned),
-            Request::UnloadModule => match self.loaded.take() {
-                Some(_) => Ok(Response::ModuleUnloaded),
-                None => Err(error(
-                    ErrorCode::NoModuleLoaded,
-                    format_args!("no module is loaded"),
-                )
-                .into()),
-            },
         };
         match result {
             Ok(response) => response,
@@ -171,7 +213,13 @@ impl Runtime {
                 format_args!("cannot set up imports: {e:?}"),
             )
         })?;
-        let mut store = Store::new(&self.engine, ());
+        let mut store = Store::new(
+            &self.engine,
+            Limits {
+                max_memory: self.max_memory,
+            },
+        );
+        store.limiter(|limits| limits);
         imports::check_imports(&module, &linker, &mut store)?;
         let instance = linker.instantiate(&mut store, &module).map_err(|e| {
             from_wasmtime(

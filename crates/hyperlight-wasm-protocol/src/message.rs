@@ -137,9 +137,6 @@ pub enum Request {
         /// The type the caller expects back.
         returns: ValueType,
     },
-    /// Drop the loaded module and its instance; answered by
-    /// [`Response::ModuleUnloaded`].
-    UnloadModule,
 }
 
 /// A host function the module may import from module `env`, by name.
@@ -174,8 +171,6 @@ pub enum Response {
     ModuleLoaded,
     /// The function returned this value.
     Returned(Value),
-    /// The module is unloaded.
-    ModuleUnloaded,
     /// The request failed.
     Failed(GuestError),
     /// The module called WASI `proc_exit` with this exit code.
@@ -262,7 +257,7 @@ pub struct GuestError {
 pub enum ErrorCode {
     /// The guest could not decode the host's request (a host bug).
     BadRequest,
-    /// A call or an unload arrived while no module is loaded.
+    /// A call arrived while no module is loaded.
     NoModuleLoaded,
     /// A load arrived while a module is loaded.
     ModuleAlreadyLoaded,

@@ -256,12 +256,43 @@ pub enum Error {
     /// The guest wrote something the protocol does not allow.
     #[error("the guest broke the host-guest protocol")]
     Protocol(#[from] ProtocolError),
+    /// The call was cancelled: by [`crate::InterruptHandle::kill`] or because
+    /// it ran past its time limit. The sandbox was restored to its state
+    /// after `load_module` and can be used again.
+    #[error("the guest call was cancelled by the host: {reason}")]
+    ExecutionCancelledByHost {
+        /// Why.
+        reason: CancelReason,
+    },
+    /// The snapshot was taken of another sandbox.
+    #[error("the snapshot belongs to another sandbox")]
+    SnapshotMismatch,
     /// An earlier failure left the sandbox unusable.
     #[error("the sandbox is unusable after an earlier failure: {reason}")]
     Poisoned {
         /// The failure that poisoned it.
         reason: String,
     },
+}
+
+/// Why a call was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// [`crate::InterruptHandle::kill`] was called.
+    Killed,
+    /// The call ran longer than this limit
+    /// ([`crate::SandboxBuilder::with_guest_function_call_max_execution_time_millis`]).
+    TimeLimit(std::time::Duration),
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CancelReason::Killed => f.write_str("killed through its interrupt handle"),
+            CancelReason::TimeLimit(limit) => write!(f, "it ran past its time limit of {limit:?}"),
+        }
+    }
 }
 
 /// Ways the guest can break the protocol. The host checks everything the
@@ -480,22 +511,35 @@ impl fmt::Display for GuestException {
     }
 }
 
+/// What a failed request leaves behind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Aftermath {
+    /// The guest reported the failure in an orderly way (a trap, a missing
+    /// export): its state is consistent.
+    Clean,
+    /// The guest stopped in an unknown state (a fault, an abort, a broken
+    /// protocol, a cancellation): the host must restore it from a snapshot.
+    Restore,
+    /// The host itself failed (KVM, the OS): the sandbox cannot be trusted.
+    Poison,
+}
+
 impl Error {
-    /// Whether the error leaves the sandbox unusable (its guest stopped in
-    /// an unknown state). Errors the guest reported in an orderly way, like
-    /// traps or a missing export, do not.
-    pub(crate) fn poisons(&self) -> bool {
-        matches!(
-            self,
-            Error::Kvm { .. }
-                | Error::Os { .. }
-                | Error::GuestAborted { .. }
-                | Error::GuestException(_)
-                | Error::TripleFault { .. }
-                | Error::GuestMemoryViolation { .. }
-                | Error::UnexpectedExit { .. }
-                | Error::Protocol(_)
-                | Error::Poisoned { .. }
-        )
+    /// What this error leaves behind.
+    pub(crate) fn aftermath(&self) -> Aftermath {
+        match self {
+            Error::Kvm { .. } | Error::Os { .. } | Error::Poisoned { .. } => Aftermath::Poison,
+            Error::GuestAborted { .. }
+            | Error::GuestException(_)
+            | Error::TripleFault { .. }
+            | Error::GuestMemoryViolation { .. }
+            | Error::UnexpectedExit { .. }
+            | Error::Protocol(_)
+            | Error::ExecutionCancelledByHost { .. } => Aftermath::Restore,
+            // An out-of-memory abort too: the guest runtime may be half-way
+            // through an allocation.
+            Error::GuestOutOfMemory { .. } => Aftermath::Restore,
+            _ => Aftermath::Clean,
+        }
     }
 }

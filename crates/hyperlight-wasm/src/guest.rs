@@ -2,9 +2,14 @@
 //! buffer, runs the VM, serves the guest's out-calls and decodes its
 //! responses, checking every byte the guest wrote.
 //!
-//! A failure that leaves the guest in an unknown state (see
-//! [`Error::poisons`]) poisons the [`Guest`]: every later request fails with
-//! [`Error::Poisoned`], naming the first failure.
+//! State: after boot and after a module load the host takes a snapshot of
+//! the VM. Unless the sandbox keeps state (persistent mode), every call is
+//! followed by a restore of the post-load snapshot, so each call starts from
+//! a fresh instance. A failure that leaves the guest in an unknown state (a
+//! fault, an abort, a broken protocol, a cancellation; see
+//! [`Error::aftermath`]) is followed by that restore in either mode. Only a
+//! failure of the host itself (KVM, the OS, a failed restore) poisons the
+//! [`Guest`]: every later request then fails with [`Error::Poisoned`].
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -17,9 +22,13 @@ use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::{Error, ProtocolError, Result, TrapKind};
+use std::sync::Arc;
+
+use crate::error::{Aftermath, Error, ProtocolError, Result, TrapKind};
 use crate::sandbox::host_functions::{self, HostFunctions};
+use crate::vm::interrupt::InterruptHandle;
 use crate::vm::memory::OutOfBounds;
+use crate::vm::snapshot::Snapshot;
 use crate::vm::{GuestExit, Vm};
 
 /// Receives what the module prints.
@@ -35,6 +44,13 @@ pub(crate) struct Guest {
     /// The error of the host function that failed during the current
     /// request, reported when the guest call fails because of it.
     host_failure: Option<Error>,
+    /// Whether calls keep the state they leave (else each call starts from
+    /// the post-load snapshot).
+    persistent: bool,
+    /// The VM right after boot.
+    runtime_snapshot: Option<Arc<Snapshot>>,
+    /// The VM right after the module loaded.
+    module_snapshot: Option<Arc<Snapshot>>,
 }
 
 impl std::fmt::Debug for Guest {
@@ -64,14 +80,39 @@ struct Artifact<'a> {
 
 impl Guest {
     /// Wraps a VM that has not run yet.
-    pub(crate) fn new(vm: Vm, print: PrintFn) -> Guest {
+    pub(crate) fn new(vm: Vm, print: PrintFn, persistent: bool) -> Guest {
         Guest {
             vm,
             poisoned: None,
             functions: HostFunctions::new(),
             print,
             host_failure: None,
+            persistent,
+            runtime_snapshot: None,
+            module_snapshot: None,
         }
+    }
+
+    /// A handle that stops the running call from other threads.
+    pub(crate) fn interrupt_handle(&self) -> InterruptHandle {
+        self.vm.interrupt_handle()
+    }
+
+    /// Takes a snapshot of the sandbox as it is now.
+    pub(crate) fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        self.check_usable()?;
+        let snapshot = self.vm.snapshot();
+        self.poison_on_error(snapshot)
+    }
+
+    /// Puts the sandbox back to `snapshot`.
+    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+        self.check_usable()?;
+        let restored = self.vm.restore(snapshot);
+        if matches!(restored, Err(Error::SnapshotMismatch)) {
+            return restored;
+        }
+        self.poison_on_error(restored)
     }
 
     /// The host functions modules may import.
@@ -79,9 +120,10 @@ impl Guest {
         &mut self.functions
     }
 
-    /// Runs the guest from its entry point until its runtime is ready.
+    /// Runs the guest from its entry point until its runtime is ready, and
+    /// takes the post-runtime snapshot.
     pub(crate) fn boot(&mut self) -> Result<()> {
-        self.guarded(|guest| match guest.run_to_done(None)? {
+        self.guarded(false, |guest| match guest.run_to_done(None)? {
             Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
             Response::Ready { protocol_version } => Err(ProtocolError::VersionMismatch {
                 guest: protocol_version,
@@ -89,13 +131,16 @@ impl Guest {
             }
             .into()),
             other => Err(guest.unexpected_response("the ready message", other, None)),
-        })
+        })?;
+        let snapshot = self.vm.snapshot();
+        self.runtime_snapshot = Some(self.poison_on_error(snapshot)?);
+        Ok(())
     }
 
     /// Loads a precompiled module: the guest allocates room for it, the host
     /// copies it there, the guest deserializes, links and instantiates it.
     pub(crate) fn load_module(&mut self, artifact: &[u8]) -> Result<()> {
-        self.guarded(|guest| {
+        self.guarded(false, |guest| {
             guest.send(&Request::LoadModule {
                 artifact_len: artifact.len() as u64,
                 host_functions: host_functions::signatures(&guest.functions),
@@ -108,7 +153,10 @@ impl Guest {
                 Response::ModuleLoaded if artifact.copied => Ok(()),
                 other => Err(guest.unexpected_response("the module-loaded message", other, None)),
             }
-        })
+        })?;
+        let snapshot = self.vm.snapshot();
+        self.module_snapshot = Some(self.poison_on_error(snapshot)?);
+        Ok(())
     }
 
     /// Calls an exported function.
@@ -118,7 +166,8 @@ impl Guest {
         args: Vec<Value>,
         returns: ValueType,
     ) -> Result<Value> {
-        self.guarded(|guest| {
+        let reset = !self.persistent;
+        self.guarded(reset, |guest| {
             guest.send(&Request::Call {
                 function: function.to_owned(),
                 args,
@@ -133,15 +182,20 @@ impl Guest {
         })
     }
 
-    /// Drops the loaded module in the guest.
+    /// Drops the loaded module: the VM goes back to the post-runtime
+    /// snapshot (the host resets it; the guest has no say).
     pub(crate) fn unload_module(&mut self) -> Result<()> {
-        self.guarded(|guest| {
-            guest.send(&Request::UnloadModule)?;
-            match guest.run_to_done(None)? {
-                Response::ModuleUnloaded => Ok(()),
-                other => Err(guest.unexpected_response("the module-unloaded message", other, None)),
-            }
-        })
+        self.check_usable()?;
+        let snapshot = self
+            .runtime_snapshot
+            .clone()
+            .ok_or_else(|| Error::Poisoned {
+                reason: String::from("the guest never finished booting"),
+            })?;
+        let restored = self.vm.restore(&snapshot);
+        self.poison_on_error(restored)?;
+        self.module_snapshot = None;
+        Ok(())
     }
 
     /// The error for a response other than the one a request expects: the
@@ -165,20 +219,63 @@ impl Guest {
         }
     }
 
-    /// Runs `step` unless the guest is poisoned, and poisons it if `step`
-    /// fails in a way that leaves the guest in an unknown state.
-    fn guarded<T>(&mut self, step: impl FnOnce(&mut Guest) -> Result<T>) -> Result<T> {
-        if let Some(reason) = &self.poisoned {
-            return Err(Error::Poisoned {
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(Error::Poisoned {
                 reason: reason.clone(),
-            });
+            }),
+            None => Ok(()),
         }
-        self.host_failure = None;
-        let result = step(self);
-        if let Err(e) = &result
-            && e.poisons()
-        {
+    }
+
+    /// Poisons the guest if `result` is an error (a failure of the host's
+    /// own machinery: the VM can no longer be trusted).
+    fn poison_on_error<T>(&mut self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result {
             self.poisoned = Some(error_chain(e));
+        }
+        result
+    }
+
+    /// Runs one guest request (under the call's time limit and interrupt
+    /// handle) unless the guest is poisoned. Afterwards restores the latest
+    /// state snapshot if `reset` asks for it or the failure left the guest
+    /// in an unknown state; poisons the guest if the host itself failed.
+    fn guarded<T>(&mut self, reset: bool, step: impl FnOnce(&mut Guest) -> Result<T>) -> Result<T> {
+        self.check_usable()?;
+        self.host_failure = None;
+        self.vm.begin_call();
+        let result = step(self);
+        self.vm.end_call();
+        let aftermath = match &result {
+            Ok(_) => Aftermath::Clean,
+            Err(e) => e.aftermath(),
+        };
+        if aftermath == Aftermath::Poison {
+            if let Err(e) = &result {
+                self.poisoned = Some(error_chain(e));
+            }
+            return result;
+        }
+        if reset || aftermath == Aftermath::Restore {
+            let target = self
+                .module_snapshot
+                .clone()
+                .or_else(|| self.runtime_snapshot.clone());
+            let restored = match target {
+                Some(snapshot) => self.vm.restore(&snapshot),
+                None => Err(Error::Poisoned {
+                    reason: String::from("there is no state to restore yet"),
+                }),
+            };
+            if let Err(restore_error) = restored {
+                let cause = match &result {
+                    Err(e) => format!("{}; restoring the sandbox then failed: ", error_chain(e)),
+                    Ok(_) => String::from("resetting the sandbox after a call failed: "),
+                };
+                self.poisoned = Some(cause + &error_chain(&restore_error));
+                return result.and(Err(restore_error));
+            }
         }
         result
     }
@@ -480,7 +577,7 @@ mod tests {
     use crate::vm::testing::{RawGuest, layout};
 
     fn guest(raw: RawGuest) -> Guest {
-        Guest::new(raw.vm(), Box::new(|_| {}))
+        Guest::new(raw.vm(), Box::new(|_| {}), false)
     }
 
     fn framed<T: Serialize>(msg: &T) -> Vec<u8> {
@@ -550,7 +647,7 @@ mod tests {
         let cases: [&[u8]; 4] = [
             &[0x7f],             // no such variant
             &[0x00],             // Ready without its version
-            &[0x04, 0x00, 0x05], // Failed with a bad error code and no message
+            &[0x03, 0x00, 0x05], // Failed, its message promised but missing
             &[],                 // nothing at all
         ];
         for payload in cases {
@@ -716,6 +813,55 @@ mod tests {
                 assert!(message.contains("without a readable reason"), "{message}");
             }
             other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_fault_after_boot_is_undone_by_restoring_the_snapshot() {
+        // Boots, then faults on every request: each call must see the same
+        // fault, proving the VM went back to its post-boot state (otherwise
+        // it would be stuck spinning in the exception stub).
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .code(&[0x0f, 0x0b]),
+        );
+        g.boot().unwrap();
+        for _ in 0..3 {
+            match g.call("f", Vec::new(), ValueType::Void) {
+                Err(Error::GuestException(e)) => assert_eq!(e.vector, 6),
+                other => panic!("{other:?}"),
+            }
+        }
+        // So does a guest that breaks the protocol.
+        let mut g = guest(
+            RawGuest::new()
+                .send_output(&ready(), Port::Done)
+                .send_output(&[0xee; 40], Port::Done),
+        );
+        g.boot().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                g.call("f", Vec::new(), ValueType::Void),
+                Err(Error::Protocol(ProtocolError::Malformed { .. }))
+            ));
+        }
+    }
+
+    #[test]
+    fn a_guest_that_never_answers_is_stopped_by_the_time_limit() {
+        let limits = crate::vm::CallLimits {
+            time_limit: std::time::Duration::from_millis(10),
+            cancel_wait: std::time::Duration::ZERO,
+        };
+        let raw = RawGuest::new().send_output(&ready(), Port::Done).spin();
+        let mut g = Guest::new(raw.vm_with(limits), Box::new(|_| {}), false);
+        g.boot().unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                g.call("f", Vec::new(), ValueType::Void),
+                Err(Error::ExecutionCancelledByHost { .. })
+            ));
         }
     }
 

@@ -58,11 +58,12 @@ mod sandbox;
 mod vm;
 
 pub use compile::compile_module;
-pub use error::{Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
+pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use sandbox::{
     HostFunction, HostParameterType, HostReturnType, HostValue, LoadedWasmSandbox, ParameterTuple,
-    ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder,
+    ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder, Snapshot,
     SupportedParameterType, SupportedReturnType, WasmSandbox,
 };
+pub use vm::interrupt::InterruptHandle;
 pub use vm::is_hypervisor_present;

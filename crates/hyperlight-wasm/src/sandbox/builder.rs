@@ -1,12 +1,13 @@
 //! [`SandboxBuilder`]: the sizes of a sandbox's guest memory regions.
 
 use std::io::Write;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::guest::{Guest, PrintFn};
 use crate::sandbox::ProtoWasmSandbox;
-use crate::vm::Vm;
 use crate::vm::layout::Sizes;
+use crate::vm::{CallLimits, Vm};
 
 const KIB: u64 = 1024;
 const MIB: u64 = 1024 * KIB;
@@ -36,6 +37,9 @@ pub struct SandboxBuilder {
     stack_size: u64,
     input_buffer_size: u64,
     output_buffer_size: u64,
+    max_execution_time_millis: u64,
+    max_cancel_wait_millis: u64,
+    persistent: bool,
     print: Option<PrintFn>,
 }
 
@@ -46,6 +50,9 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("stack_size", &self.stack_size)
             .field("input_buffer_size", &self.input_buffer_size)
             .field("output_buffer_size", &self.output_buffer_size)
+            .field("max_execution_time_millis", &self.max_execution_time_millis)
+            .field("max_cancel_wait_millis", &self.max_cancel_wait_millis)
+            .field("persistent", &self.persistent)
             .field("print", &self.print.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -79,6 +86,14 @@ impl SandboxBuilder {
     pub const MIN_BUFFER_SIZE: u64 = 16 * KIB;
     /// Largest message buffer: 256 MiB.
     pub const MAX_BUFFER_SIZE: u64 = 256 * MIB;
+    /// Default time limit of a guest call: 1000 ms.
+    pub const DEFAULT_MAX_EXECUTION_TIME_MILLIS: u64 = 1000;
+    /// Longest time limit of a guest call: one hour.
+    pub const MAX_MAX_EXECUTION_TIME_MILLIS: u64 = 3_600_000;
+    /// Default time `InterruptHandle::kill` waits for a call to stop: 100 ms.
+    pub const DEFAULT_MAX_CANCEL_WAIT_MILLIS: u64 = 100;
+    /// Longest time `InterruptHandle::kill` may wait: one minute.
+    pub const MAX_MAX_CANCEL_WAIT_MILLIS: u64 = 60_000;
 
     /// A builder with the default sizes.
     pub fn new() -> SandboxBuilder {
@@ -87,8 +102,50 @@ impl SandboxBuilder {
             stack_size: Self::DEFAULT_GUEST_STACK_SIZE,
             input_buffer_size: Self::DEFAULT_BUFFER_SIZE,
             output_buffer_size: Self::DEFAULT_BUFFER_SIZE,
+            max_execution_time_millis: Self::DEFAULT_MAX_EXECUTION_TIME_MILLIS,
+            max_cancel_wait_millis: Self::DEFAULT_MAX_CANCEL_WAIT_MILLIS,
+            persistent: false,
             print: None,
         }
+    }
+
+    /// Sets the time limit of each guest call (and of loading a module),
+    /// between 1 ms and [`Self::MAX_MAX_EXECUTION_TIME_MILLIS`] (default
+    /// [`Self::DEFAULT_MAX_EXECUTION_TIME_MILLIS`]). A call that runs longer
+    /// is cancelled: it returns [`Error::ExecutionCancelledByHost`] and the
+    /// sandbox is restored to its state after `load_module`.
+    pub fn with_guest_function_call_max_execution_time_millis(
+        mut self,
+        millis: u64,
+    ) -> SandboxBuilder {
+        self.max_execution_time_millis = millis;
+        self
+    }
+
+    /// Sets how long [`crate::InterruptHandle::kill`] waits for the call to
+    /// stop before it returns, up to [`Self::MAX_MAX_CANCEL_WAIT_MILLIS`]
+    /// (default [`Self::DEFAULT_MAX_CANCEL_WAIT_MILLIS`]; 0: do not wait).
+    /// Code in the guest stops within microseconds; a call waiting on a
+    /// host function stops when that returns.
+    pub fn with_guest_function_call_max_cancel_wait_millis(
+        mut self,
+        millis: u64,
+    ) -> SandboxBuilder {
+        self.max_cancel_wait_millis = millis;
+        self
+    }
+
+    /// Whether guest calls keep the state they leave behind (globals,
+    /// memory, tables) for the next call. By default (`false`) every call
+    /// starts from the state right after `load_module`: each call sees a
+    /// fresh instance. With `true`, state persists across calls and
+    /// [`crate::LoadedWasmSandbox::snapshot`] and
+    /// [`crate::LoadedWasmSandbox::restore`] save and bring back states.
+    /// Either way a call that faults or is cancelled leaves the sandbox in
+    /// its state after `load_module`.
+    pub fn with_persistent_state(mut self, persistent: bool) -> SandboxBuilder {
+        self.persistent = persistent;
+        self
     }
 
     /// Sets the function that receives what the module prints (its writes
@@ -144,9 +201,36 @@ impl SandboxBuilder {
     /// [`Error::Kvm`] or [`Error::Os`] if the VM cannot be created.
     pub fn build(self) -> Result<ProtoWasmSandbox> {
         let sizes = self.sizes()?;
-        let vm = Vm::new(&sizes)?;
+        let limits = self.limits()?;
+        let vm = Vm::new(&sizes, limits)?;
         let print = self.print.unwrap_or_else(|| Box::new(print_to_stdout));
-        Ok(ProtoWasmSandbox::new(Guest::new(vm, print)))
+        Ok(ProtoWasmSandbox::new(Guest::new(
+            vm,
+            print,
+            self.persistent,
+        )))
+    }
+
+    /// The checked time limits.
+    fn limits(&self) -> Result<CallLimits> {
+        check_range(
+            "with_guest_function_call_max_execution_time_millis",
+            self.max_execution_time_millis,
+            1,
+            Self::MAX_MAX_EXECUTION_TIME_MILLIS,
+            "ms",
+        )?;
+        check_range(
+            "with_guest_function_call_max_cancel_wait_millis",
+            self.max_cancel_wait_millis,
+            0,
+            Self::MAX_MAX_CANCEL_WAIT_MILLIS,
+            "ms",
+        )?;
+        Ok(CallLimits {
+            time_limit: Duration::from_millis(self.max_execution_time_millis),
+            cancel_wait: Duration::from_millis(self.max_cancel_wait_millis),
+        })
     }
 
     /// The checked sizes.
@@ -192,13 +276,17 @@ fn print_to_stdout(text: &str) {
 }
 
 fn check(setting: &'static str, value: u64, min: u64, max: u64) -> Result<()> {
+    check_range(setting, value, min, max, "bytes")
+}
+
+fn check_range(setting: &'static str, value: u64, min: u64, max: u64, unit: &str) -> Result<()> {
     if (min..=max).contains(&value) {
         Ok(())
     } else {
         Err(Error::InvalidConfiguration {
             setting,
             value,
-            reason: format!("is outside the allowed range {min}..={max} bytes"),
+            reason: format!("is outside the allowed range {min}..={max} {unit}"),
         })
     }
 }
@@ -210,6 +298,8 @@ mod tests {
     #[test]
     fn defaults_are_in_range() {
         SandboxBuilder::new().sizes().unwrap();
+        let limits = SandboxBuilder::new().limits().unwrap();
+        assert_eq!(limits.time_limit, Duration::from_secs(1));
     }
 
     #[test]
@@ -238,6 +328,18 @@ mod tests {
             (
                 SandboxBuilder::new().with_guest_output_buffer_size(1 << 40),
                 "with_guest_output_buffer_size",
+            ),
+            (
+                SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(0),
+                "with_guest_function_call_max_execution_time_millis",
+            ),
+            (
+                SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(u64::MAX),
+                "with_guest_function_call_max_execution_time_millis",
+            ),
+            (
+                SandboxBuilder::new().with_guest_function_call_max_cancel_wait_millis(3_600_000),
+                "with_guest_function_call_max_cancel_wait_millis",
             ),
         ];
         for (builder, name) in cases {

@@ -5,8 +5,10 @@ use hyperlight_wasm_protocol::message::ValueType;
 use crate::error::{ProtocolError, Result};
 use crate::guest::Guest;
 use crate::sandbox::{
-    ParameterTuple, ParameterValue, ReturnType, ReturnValue, SupportedReturnType, WasmSandbox,
+    ParameterTuple, ParameterValue, ReturnType, ReturnValue, Snapshot, SupportedReturnType,
+    WasmSandbox,
 };
+use crate::vm::interrupt::InterruptHandle;
 
 /// A sandbox with a loaded, instantiated module.
 #[derive(Debug)]
@@ -91,7 +93,39 @@ impl LoadedWasmSandbox {
         Ok(value.into())
     }
 
-    /// Unloads the module; the sandbox can then load another.
+    /// A handle that cancels the call this sandbox is running, from any
+    /// thread. Cheap to clone, `Send + Sync`, harmless after the sandbox is
+    /// gone or when no call runs.
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.guest.interrupt_handle()
+    }
+
+    /// Saves the sandbox's state (guest memory and CPU state) as it is now.
+    ///
+    /// Meant for persistent mode
+    /// ([`crate::SandboxBuilder::with_persistent_state`]); by default every
+    /// call starts from the post-load state anyway.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the sandbox is unusable or KVM fails.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        self.guest.snapshot().map(Snapshot::new)
+    }
+
+    /// Brings back a state saved by [`LoadedWasmSandbox::snapshot`] of this
+    /// sandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::SnapshotMismatch`] for a snapshot of another sandbox;
+    /// fails if the sandbox is unusable or KVM fails.
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.guest.restore(snapshot.inner())
+    }
+
+    /// Unloads the module: the host puts the VM back to its state right
+    /// after `load_runtime`, and the sandbox can load another module.
     ///
     /// # Errors
     ///

@@ -6,6 +6,7 @@ pub(crate) mod host_functions;
 mod loaded;
 mod params;
 mod proto;
+mod snapshot;
 mod values;
 mod wasm;
 
@@ -17,5 +18,6 @@ pub use params::{
     SupportedReturnType,
 };
 pub use proto::ProtoWasmSandbox;
+pub use snapshot::Snapshot;
 pub use values::{ParameterValue, ReturnType, ReturnValue};
 pub use wasm::WasmSandbox;

@@ -10,6 +10,9 @@ use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
 
+/// Page size, in bytes.
+pub(crate) const PAGE: usize = 4096;
+
 /// An access outside guest memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("{len} bytes at guest address {addr:#x} lie outside guest memory of {size:#x} bytes")]
@@ -24,6 +27,9 @@ pub(crate) struct OutOfBounds {
 pub(crate) struct GuestMemory {
     ptr: NonNull<u8>,
     size: usize,
+    /// Pages the host wrote since the last [`GuestMemory::take_host_dirty`]
+    /// (one bit per page; KVM's dirty log only sees guest writes).
+    host_dirty: Vec<u64>,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (nothing else holds the
@@ -62,7 +68,12 @@ impl GuestMemory {
             operation: "map guest memory",
             source: std::io::Error::other("mmap returned a null mapping"),
         })?;
-        Ok(GuestMemory { ptr, size: len })
+        let pages = len.div_ceil(PAGE);
+        Ok(GuestMemory {
+            ptr,
+            size: len,
+            host_dirty: vec![0; pages.div_ceil(64)],
+        })
     }
 
     /// The host address of guest-physical address 0 (for KVM's memory slot).
@@ -89,8 +100,20 @@ impl GuestMemory {
         }
     }
 
-    /// Copies `data` into guest memory at `addr`.
+    /// Copies `data` into guest memory at `addr`, noting the pages written.
     pub(crate) fn write(&mut self, addr: u64, data: &[u8]) -> Result<(), OutOfBounds> {
+        let offset = self.write_untracked(addr, data)?;
+        if !data.is_empty() {
+            for page in offset / PAGE..=(offset + data.len() - 1) / PAGE {
+                self.host_dirty[page / 64] |= 1 << (page % 64);
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies `data` into guest memory at `addr` without noting it (for
+    /// restoring a snapshot); returns the offset.
+    pub(crate) fn write_untracked(&mut self, addr: u64, data: &[u8]) -> Result<usize, OutOfBounds> {
         let offset = self.check(addr, data.len())?;
         // SAFETY: `check` keeps the range inside the mapping; `data` is host
         // memory and cannot overlap it; the vCPU is not running (we hold
@@ -98,7 +121,27 @@ impl GuestMemory {
         unsafe {
             std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
         }
+        Ok(offset)
+    }
+
+    /// Zeroes page `page` without noting it.
+    pub(crate) fn zero_page_untracked(&mut self, page: usize) -> Result<(), OutOfBounds> {
+        let offset = self.check((page * PAGE) as u64, PAGE)?;
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), 0, PAGE) };
         Ok(())
+    }
+
+    /// Pages the host wrote since the last call, as a bitmap (one bit per
+    /// page, 64 pages per word); clears the record.
+    pub(crate) fn take_host_dirty(&mut self) -> Vec<u64> {
+        let words = self.host_dirty.len();
+        std::mem::replace(&mut self.host_dirty, vec![0; words])
+    }
+
+    /// Number of pages.
+    pub(crate) fn pages(&self) -> usize {
+        self.size.div_ceil(PAGE)
     }
 
     /// Copies guest memory at `addr` into `out`.

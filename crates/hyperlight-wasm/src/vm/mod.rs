@@ -12,21 +12,29 @@
 
 pub(crate) mod boot;
 pub(crate) mod elf;
+pub(crate) mod interrupt;
 mod kvm;
 pub(crate) mod layout;
 pub(crate) mod memory;
+pub(crate) mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
 use hyperlight_wasm_protocol::port::Port;
-use kvm_bindings::{Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
+use self::interrupt::{InterruptHandle, Interrupts};
 pub use self::kvm::is_hypervisor_present;
 use self::layout::{EXCEPTION_STACK, EXCEPTION_STUBS, Layout, PAGE_SIZE, STUB_SIZE, Sizes};
 use self::memory::GuestMemory;
+use self::snapshot::{PageSet, Snapshot};
 use crate::error::{Error, FaultCause, GuestException, Result};
 
 /// Where KVM may put the three pages it needs for real-mode emulation on
@@ -58,32 +66,65 @@ enum Exit {
     Other(String),
 }
 
+/// Limits on guest calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallLimits {
+    /// How long one request may run.
+    pub time_limit: Duration,
+    /// How long [`InterruptHandle::kill`] waits for a call to stop.
+    pub cancel_wait: Duration,
+}
+
+impl Default for CallLimits {
+    fn default() -> Self {
+        CallLimits {
+            time_limit: Duration::from_secs(1),
+            cancel_wait: Duration::from_millis(100),
+        }
+    }
+}
+
+static NEXT_VM: AtomicU64 = AtomicU64::new(1);
+
 /// One micro-VM: its vCPU, its VM and its memory. Fields drop in order: the
 /// KVM objects before the memory KVM maps.
 #[derive(Debug)]
 pub(crate) struct Vm {
+    interrupts: Interrupts,
     vcpu: VcpuFd,
-    _vm: VmFd,
+    vm: VmFd,
     memory: GuestMemory,
     layout: Layout,
     /// Whether guest addresses can be named with the embedded guest's
     /// symbols (not for test images).
     symbolize: bool,
+    /// Identifies the VM (snapshots belong to one).
+    id: u64,
+    /// Every page written since the VM started.
+    touched: PageSet,
+    /// Pages written since memory last matched `base`.
+    since_base: PageSet,
+    /// The snapshot memory matched when it was last taken or restored.
+    base: Option<Arc<Snapshot>>,
 }
 
 impl Vm {
     /// Creates a VM running the embedded guest, stopped at its entry point.
-    pub(crate) fn new(sizes: &Sizes) -> Result<Vm> {
+    pub(crate) fn new(sizes: &Sizes, limits: CallLimits) -> Result<Vm> {
         let image = elf::embedded_guest().map_err(|e| Error::InvalidGuestImage {
             message: e.to_string(),
         })?;
-        let mut vm = Vm::with_image(sizes, image)?;
+        let mut vm = Vm::with_image(sizes, limits, image)?;
         vm.symbolize = true;
         Ok(vm)
     }
 
     /// Creates a VM running `image`, stopped at its entry point.
-    pub(crate) fn with_image(sizes: &Sizes, image: &GuestImage<'_>) -> Result<Vm> {
+    pub(crate) fn with_image(
+        sizes: &Sizes,
+        limits: CallLimits,
+        image: &GuestImage<'_>,
+    ) -> Result<Vm> {
         let handle = kvm::kvm()?;
         let layout = Layout::new(sizes)?;
         let mut memory = GuestMemory::new(layout.memory_size())?;
@@ -104,7 +145,8 @@ impl Vm {
             guest_phys_addr: 0,
             memory_size: memory.size(),
             userspace_addr: memory.host_address(),
-            flags: 0,
+            // KVM records the pages the guest writes, for snapshots.
+            flags: KVM_MEM_LOG_DIRTY_PAGES,
         };
         // SAFETY: the region is our own mapping of exactly that size; it
         // outlives the VM (Vm drops its VmFd before its GuestMemory) and is
@@ -112,7 +154,7 @@ impl Vm {
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
 
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&handle.cpuid)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
@@ -137,12 +179,20 @@ impl Vm {
         vcpu.set_regs(&boot::initial_regs(image.entry, layout.stack))
             .map_err(kvm_err("KVM_SET_REGS"))?;
 
+        let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
+        let interrupts = Interrupts::new(immediate_exit, limits.time_limit, limits.cancel_wait)?;
+        let pages = memory.pages();
         Ok(Vm {
+            interrupts,
             vcpu,
-            _vm: vm,
+            vm,
             memory,
             layout,
             symbolize: false,
+            id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
+            touched: PageSet::new(pages),
+            since_base: PageSet::new(pages),
+            base: None,
         })
     }
 
@@ -161,10 +211,27 @@ impl Vm {
         &self.layout
     }
 
+    /// A handle that stops the call running on this VM from other threads.
+    pub(crate) fn interrupt_handle(&self) -> InterruptHandle {
+        self.interrupts.handle()
+    }
+
+    /// Marks the start of a guest request (its time limit starts now).
+    pub(crate) fn begin_call(&mut self) {
+        self.interrupts.begin();
+    }
+
+    /// Marks the end of a guest request.
+    pub(crate) fn end_call(&mut self) {
+        self.interrupts.end();
+    }
+
     /// Runs the vCPU until the guest exits through one of the protocol's
-    /// ports. Every other exit becomes an error.
+    /// ports. Every other exit becomes an error, and a cancelled call
+    /// [`Error::ExecutionCancelledByHost`].
     pub(crate) fn run(&mut self) -> Result<GuestExit> {
         let exit = loop {
+            self.interrupts.check()?;
             match self.vcpu.run() {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     break Exit::Out {
@@ -178,8 +245,8 @@ impl Vm {
                     break Exit::Mmio { gpa };
                 }
                 Ok(other) => break Exit::Other(format!("{other:?}")),
-                // A signal interrupted KVM_RUN before or while the guest ran;
-                // nothing asked us to stop, so go on.
+                // A signal or `immediate_exit` interrupted KVM_RUN: the loop
+                // checks whether the call must stop before going on.
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
                 Err(source) => {
                     return Err(Error::Kvm {

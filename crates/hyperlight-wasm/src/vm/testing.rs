@@ -5,9 +5,9 @@
 use hyperlight_wasm_protocol::boot::IMAGE_BASE;
 use hyperlight_wasm_protocol::port::Port;
 
-use super::Vm;
 use super::elf::{GuestImage, Segment};
 use super::layout::{Layout, Sizes};
+use super::{CallLimits, Vm};
 
 /// The sizes test VMs use.
 pub(crate) const SIZES: Sizes = Sizes {
@@ -81,6 +81,11 @@ impl RawGuest {
 
     /// A VM that runs this guest.
     pub(crate) fn vm(&self) -> Vm {
+        self.vm_with(CallLimits::default())
+    }
+
+    /// A VM that runs this guest with these call limits.
+    pub(crate) fn vm_with(&self, limits: CallLimits) -> Vm {
         assert!(self.code.len() <= DATA_OFFSET, "raw guest code too long");
         let mut bytes = self.code.clone();
         bytes.resize(DATA_OFFSET, 0x90);
@@ -95,6 +100,6 @@ impl RawGuest {
                 executable: true,
             }],
         };
-        Vm::with_image(&SIZES, &image).expect("test VM")
+        Vm::with_image(&SIZES, limits, &image).expect("test VM")
     }
 }

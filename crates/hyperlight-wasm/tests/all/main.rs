@@ -4,6 +4,7 @@
 
 mod common;
 mod errors;
+mod execution;
 #[path = "../../fixtures/fixtures.rs"]
 mod fixtures;
 mod host_functions;
