@@ -267,6 +267,14 @@ pub enum Error {
     /// The snapshot was taken of another sandbox.
     #[error("the snapshot belongs to another sandbox")]
     SnapshotMismatch,
+    /// [`crate::set_metrics_registry`] was already called.
+    #[error("the metrics registry was already set")]
+    MetricsRegistryAlreadySet,
+    /// [`crate::set_metrics_registry`] was called after the metrics were
+    /// registered (in the default registry, when the first sandbox was
+    /// created); call it before creating sandboxes.
+    #[error("the metrics are already registered; set the registry before creating sandboxes")]
+    MetricsAlreadyRegistered,
     /// An earlier failure left the sandbox unusable.
     #[error("the sandbox is unusable after an earlier failure: {reason}")]
     Poisoned {

@@ -167,7 +167,9 @@ impl Guest {
         returns: ValueType,
     ) -> Result<Value> {
         let reset = !self.persistent;
-        self.guarded(reset, |guest| {
+        #[cfg(feature = "function_call_metrics")]
+        let start = std::time::Instant::now();
+        let result = self.guarded(reset, |guest| {
             guest.send(&Request::Call {
                 function: function.to_owned(),
                 args,
@@ -179,7 +181,17 @@ impl Guest {
                     Err(guest.unexpected_response("the function's result", other, Some(function)))
                 }
             }
-        })
+        });
+        // Only functions that exist get a series: callers cannot create
+        // unbounded label values by calling made-up names.
+        #[cfg(feature = "function_call_metrics")]
+        if !matches!(
+            result,
+            Err(Error::GuestFunctionNotFound { .. }) | Err(Error::Poisoned { .. })
+        ) {
+            crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
+        }
+        result
     }
 
     /// Drops the loaded module: the VM goes back to the post-runtime
@@ -242,11 +254,17 @@ impl Guest {
     /// state snapshot if `reset` asks for it or the failure left the guest
     /// in an unknown state; poisons the guest if the host itself failed.
     fn guarded<T>(&mut self, reset: bool, step: impl FnOnce(&mut Guest) -> Result<T>) -> Result<T> {
-        self.check_usable()?;
+        if let Err(e) = self.check_usable() {
+            crate::metrics::record_error(&e);
+            return Err(e);
+        }
         self.host_failure = None;
         self.vm.begin_call();
         let result = step(self);
         self.vm.end_call();
+        if let Err(e) = &result {
+            crate::metrics::record_error(e);
+        }
         let aftermath = match &result {
             Ok(_) => Aftermath::Clean,
             Err(e) => e.aftermath(),
@@ -384,7 +402,12 @@ impl Guest {
             ));
         }
         let call = &mut registered.call;
-        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(args))) {
+        #[cfg(feature = "function_call_metrics")]
+        let start = std::time::Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(args)));
+        #[cfg(feature = "function_call_metrics")]
+        crate::metrics::record_host_call(&function, start.elapsed().as_secs_f64() * 1e6);
+        match outcome {
             Ok(Ok(value)) => Ok(OutCallReply::Returned(value)),
             Ok(Err(source)) => {
                 let message = format!(

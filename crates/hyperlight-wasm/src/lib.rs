@@ -45,6 +45,14 @@
 //! precompiled with [`compile_module`]. Binaries and text are compiled on the
 //! host with Cranelift; the guest only runs compiled code.
 //!
+//! # Metrics
+//!
+//! Every sandbox state change, guest error and cancellation is counted in
+//! Prometheus metrics (see `docs/observability.md` in the repository), in
+//! `prometheus::default_registry()` or the registry given to
+//! [`set_metrics_registry`]. With the default cargo feature
+//! `function_call_metrics`, guest and host function calls are timed too.
+//!
 //! # Requirements
 //!
 //! Linux on x86-64 with KVM: `/dev/kvm` must exist and be readable and
@@ -54,12 +62,14 @@
 mod compile;
 mod error;
 mod guest;
+mod metrics;
 mod sandbox;
 mod vm;
 
 pub use compile::compile_module;
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
+pub use metrics::set_metrics_registry;
 pub use sandbox::{
     HostFunction, HostParameterType, HostReturnType, HostValue, LoadedWasmSandbox, ParameterTuple,
     ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder, Snapshot,

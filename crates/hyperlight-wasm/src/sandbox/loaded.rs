@@ -4,6 +4,7 @@ use hyperlight_wasm_protocol::message::ValueType;
 
 use crate::error::{ProtocolError, Result};
 use crate::guest::Guest;
+use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::{
     ParameterTuple, ParameterValue, ReturnType, ReturnValue, Snapshot, SupportedReturnType,
     WasmSandbox,
@@ -14,11 +15,15 @@ use crate::vm::interrupt::InterruptHandle;
 #[derive(Debug)]
 pub struct LoadedWasmSandbox {
     guest: Guest,
+    _live: Live,
 }
 
 impl LoadedWasmSandbox {
     pub(crate) fn new(guest: Guest) -> LoadedWasmSandbox {
-        LoadedWasmSandbox { guest }
+        LoadedWasmSandbox {
+            guest,
+            _live: Live::new(SandboxKind::Loaded),
+        }
     }
 
     /// Calls the module's exported function `name` with `args` and returns
@@ -131,6 +136,9 @@ impl LoadedWasmSandbox {
     ///
     /// Fails if the guest is unusable; the sandbox is consumed either way.
     pub fn unload_module(mut self) -> Result<WasmSandbox> {
+        crate::metrics::metrics()
+            .unloads_of_loaded_wasm_sandboxes
+            .inc();
         self.guest.unload_module()?;
         Ok(WasmSandbox::new(self.guest))
     }

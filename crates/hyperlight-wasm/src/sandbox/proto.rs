@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::guest::Guest;
+use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::WasmSandbox;
 use crate::sandbox::host_functions::{HostFunction, Registered};
 
@@ -11,11 +12,15 @@ use crate::sandbox::host_functions::{HostFunction, Registered};
 #[derive(Debug)]
 pub struct ProtoWasmSandbox {
     guest: Guest,
+    _live: Live,
 }
 
 impl ProtoWasmSandbox {
     pub(crate) fn new(guest: Guest) -> ProtoWasmSandbox {
-        ProtoWasmSandbox { guest }
+        ProtoWasmSandbox {
+            guest,
+            _live: Live::new(SandboxKind::Proto),
+        }
     }
 
     /// Registers a host function that modules import from module `env`

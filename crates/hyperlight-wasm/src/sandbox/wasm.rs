@@ -5,17 +5,22 @@ use std::path::Path;
 use crate::compile;
 use crate::error::{Error, Result};
 use crate::guest::Guest;
+use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::LoadedWasmSandbox;
 
 /// A sandbox whose guest runtime is up, ready to load a module.
 #[derive(Debug)]
 pub struct WasmSandbox {
     guest: Guest,
+    _live: Live,
 }
 
 impl WasmSandbox {
     pub(crate) fn new(guest: Guest) -> WasmSandbox {
-        WasmSandbox { guest }
+        WasmSandbox {
+            guest,
+            _live: Live::new(SandboxKind::Wasm),
+        }
     }
 
     /// Loads the module in the file at `path`: a WebAssembly binary, module
@@ -27,10 +32,16 @@ impl WasmSandbox {
     /// [`WasmSandbox::load_module_from_buffer`] reports.
     pub fn load_module(self, path: impl AsRef<Path>) -> Result<LoadedWasmSandbox> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::ReadModule {
-            path: path.to_owned(),
-            source,
-        })?;
+        let bytes = match std::fs::read(path) {
+            Ok(bytes) => bytes,
+            Err(source) => {
+                crate::metrics::metrics().loads_of_wasm_sandboxes.inc();
+                return Err(Error::ReadModule {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
         self.load_module_from_buffer(&bytes)
     }
 
@@ -48,6 +59,7 @@ impl WasmSandbox {
     /// [`Error::Instantiation`] or [`Error::GuestTrap`] if instantiation
     /// fails. The sandbox is consumed either way.
     pub fn load_module_from_buffer(mut self, bytes: &[u8]) -> Result<LoadedWasmSandbox> {
+        crate::metrics::metrics().loads_of_wasm_sandboxes.inc();
         let artifact = compile::prepare(bytes)?;
         self.guest.load_module(&artifact)?;
         Ok(LoadedWasmSandbox::new(self.guest))
