@@ -461,6 +461,11 @@ fn print(bytes: &[u8]) -> wasmtime::Result<()> {
             text: piece.to_owned(),
         })? {
             OutCallReply::Done => {}
+            OutCallReply::Failed(message) => {
+                return Err(
+                    Fault::new(ErrorCode::HostFunctionFailed, format_args!("{message}")).into(),
+                );
+            }
             other => {
                 return Err(Fault::new(
                     ErrorCode::BadRequest,

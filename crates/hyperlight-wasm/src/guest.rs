@@ -51,6 +51,9 @@ pub(crate) struct Guest {
     runtime_snapshot: Option<Arc<Snapshot>>,
     /// The VM right after the module loaded.
     module_snapshot: Option<Arc<Snapshot>>,
+    /// Whether the current request stopped the guest in the middle (at an
+    /// out-call).
+    mid_request: bool,
 }
 
 impl std::fmt::Debug for Guest {
@@ -90,6 +93,7 @@ impl Guest {
             persistent,
             runtime_snapshot: None,
             module_snapshot: None,
+            mid_request: false,
         }
     }
 
@@ -182,12 +186,22 @@ impl Guest {
                 }
             }
         });
-        // Only functions that exist get a series: callers cannot create
-        // unbounded label values by calling made-up names.
+        // Only calls that prove the function exists get a series: callers
+        // cannot create unbounded label values by calling made-up names.
         #[cfg(feature = "function_call_metrics")]
-        if !matches!(
+        if matches!(
             result,
-            Err(Error::GuestFunctionNotFound { .. }) | Err(Error::Poisoned { .. })
+            Ok(_)
+                | Err(Error::GuestTrap { .. })
+                | Err(Error::HostFunctionFailed { .. })
+                | Err(Error::HostFunctionPanicked { .. })
+                | Err(Error::GuestExited { .. })
+                | Err(Error::GuestOutOfMemory { .. })
+                | Err(Error::BadGuestPointer { .. })
+                | Err(Error::InvalidUtf8 { .. })
+                | Err(Error::GuestFunctionParameterCountMismatch { .. })
+                | Err(Error::GuestFunctionParameterTypeMismatch { .. })
+                | Err(Error::GuestFunctionReturnTypeMismatch { .. })
         ) {
             crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
         }
@@ -259,14 +273,38 @@ impl Guest {
             return Err(e);
         }
         self.host_failure = None;
+        self.mid_request = false;
         self.vm.begin_call();
-        let result = step(self);
+        // A panic (in the print function, or a bug of ours) must not leave
+        // the call marked running or the guest half-way through a request.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
         self.vm.end_call();
+        let result = match outcome {
+            Ok(result) => result,
+            Err(payload) => {
+                let target = self
+                    .module_snapshot
+                    .clone()
+                    .or_else(|| self.runtime_snapshot.clone());
+                let restored = target.map(|snapshot| self.vm.restore(&snapshot));
+                if !matches!(restored, Some(Ok(()))) {
+                    self.poisoned = Some(format!(
+                        "a panic interrupted a guest call: {}",
+                        panic_message(&*payload)
+                    ));
+                }
+                std::panic::resume_unwind(payload);
+            }
+        };
         if let Err(e) = &result {
             crate::metrics::record_error(e);
         }
         let aftermath = match &result {
             Ok(_) => Aftermath::Clean,
+            // The guest was stopped in the middle of the request (waiting for
+            // the answer to an out-call): whatever the error, its state is
+            // not one to continue from.
+            Err(e) if self.mid_request && e.aftermath() == Aftermath::Clean => Aftermath::Restore,
             Err(e) => e.aftermath(),
         };
         if aftermath == Aftermath::Poison {
@@ -325,9 +363,21 @@ impl Guest {
             match self.vm.run()? {
                 GuestExit::Done => return self.read_output("a response"),
                 GuestExit::OutCall => {
+                    self.mid_request = true;
                     let call = self.read_output("an out-call")?;
                     let reply = self.serve(call, artifact.as_deref_mut())?;
-                    self.send(&reply)?;
+                    match self.send(&reply) {
+                        Ok(()) => {}
+                        // A host function's result that does not fit: the
+                        // guest call fails with that error.
+                        Err(e @ Error::RequestTooLarge { .. }) => {
+                            let message = format!("the host's answer cannot be sent: {e}");
+                            self.host_failure = Some(e);
+                            self.send(&OutCallReply::Failed(message))?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.mid_request = false;
                 }
                 GuestExit::Abort => return Err(self.abort_error()),
             }
@@ -366,8 +416,19 @@ impl Guest {
             }
             OutCall::CallHost { function, args } => self.call_host(function, args),
             OutCall::Print { text } => {
-                (self.print)(&text);
-                Ok(OutCallReply::Done)
+                let print = &mut self.print;
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| print(&text))) {
+                    Ok(()) => Ok(OutCallReply::Done),
+                    Err(payload) => {
+                        let message = panic_message(&*payload);
+                        let reply = format!("the print function panicked: {message}");
+                        self.host_failure = Some(Error::HostFunctionPanicked {
+                            function: String::from("<print function>"),
+                            message,
+                        });
+                        Ok(OutCallReply::Failed(reply))
+                    }
+                }
             }
             OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
             OutCall::Random { len } => {

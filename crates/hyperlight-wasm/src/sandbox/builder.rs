@@ -70,8 +70,10 @@ impl SandboxBuilder {
     pub const DEFAULT_GUEST_HEAP_SIZE: u64 = 64 * MIB;
     /// Smallest guest heap: 4 MiB.
     pub const MIN_GUEST_HEAP_SIZE: u64 = 4 * MIB;
-    /// Largest guest heap: 16 GiB.
-    pub const MAX_GUEST_HEAP_SIZE: u64 = 16 * GIB;
+    /// Largest guest heap: 3 GiB (guest memory stays below the 4 GiB mark,
+    /// where KVM keeps pages of its own on some Intel hosts; a wasm32 module
+    /// cannot use more than 4 GiB anyway).
+    pub const MAX_GUEST_HEAP_SIZE: u64 = 3 * GIB;
     /// Default guest stack: 1 MiB. WebAssembly code may use all of it but
     /// 64 KiB, which the runtime keeps for itself.
     pub const DEFAULT_GUEST_STACK_SIZE: u64 = MIB;

@@ -56,6 +56,10 @@ pub(crate) struct Shared {
     ended: Condvar,
     /// Why the current call must stop ([`NOT_CANCELLED`] if it need not).
     cancel: AtomicU8,
+    /// Whether the vCPU thread is in (or about to enter) `KVM_RUN`: only
+    /// then is it sent the signal, so that a host function's blocking
+    /// system calls are never interrupted.
+    in_guest: AtomicBool,
     /// `kvm_run.immediate_exit` of the vCPU. Only dereferenced while a call
     /// runs (the `Vm`, which owns the mapping, is alive and in a call), under
     /// the slot lock or by the vCPU thread itself.
@@ -113,11 +117,17 @@ impl Shared {
         // needs before the call can return), so the vCPU's kvm_run mapping
         // is alive; the byte is only accessed atomically.
         unsafe { AtomicU8::from_ptr(self.immediate_exit) }.store(1, Ordering::SeqCst);
-        // SAFETY: tgkill with our own pid and a thread id of ours; the
-        // thread cannot exit while it is in the call (it would have to take
-        // the lock we hold in `end`). The signal's handler does nothing.
-        unsafe {
-            libc::syscall(libc::SYS_tgkill, libc::getpid(), slot.tid, kick_signal());
+        // If the vCPU thread is not in KVM_RUN (it runs a host function, or
+        // is between exits), `immediate_exit` stops the next entry; the
+        // SeqCst order of `cancel`, `immediate_exit` and `in_guest` on both
+        // sides means that a thread that enters after this check sees them.
+        if self.in_guest.load(Ordering::SeqCst) {
+            // SAFETY: tgkill with our own pid and a thread id of ours; the
+            // thread cannot exit while it is in the call (it would have to
+            // take the lock we hold in `end`). The handler does nothing.
+            unsafe {
+                libc::syscall(libc::SYS_tgkill, libc::getpid(), slot.tid, kick_signal());
+            }
         }
         Some(slot.generation)
     }
@@ -164,6 +174,7 @@ impl Interrupts {
                 }),
                 ended: Condvar::new(),
                 cancel: AtomicU8::new(NOT_CANCELLED),
+                in_guest: AtomicBool::new(false),
                 immediate_exit,
                 cancel_wait,
             }),
@@ -209,6 +220,18 @@ impl Interrupts {
         self.shared.ended.notify_all();
     }
 
+    /// Marks the vCPU thread as entering (`true`) or leaving `KVM_RUN`.
+    pub(crate) fn set_in_guest(&self, in_guest: bool) {
+        self.shared.in_guest.store(in_guest, Ordering::SeqCst);
+    }
+
+    /// Sets `kvm_run.immediate_exit` (from the vCPU thread).
+    pub(crate) fn set_immediate_exit(&self, set: bool) {
+        // SAFETY: the Vm that owns the mapping owns us and is alive.
+        unsafe { AtomicU8::from_ptr(self.shared.immediate_exit) }
+            .store(u8::from(set), Ordering::SeqCst);
+    }
+
     /// Called when `KVM_RUN` returned `EINTR`, and before every entry:
     /// clears the kick and says whether the call must stop.
     pub(crate) fn check(&self) -> Result<()> {
@@ -232,6 +255,13 @@ impl Drop for Interrupts {
         if let Some((deadline, id)) = self.watchdog_entry.take() {
             watchdog().disarm(deadline, id);
         }
+        // The VM (and its kvm_run mapping) goes away with us: make sure no
+        // handle believes a call is still running, even if the call was
+        // abandoned by a panic.
+        let mut slot = self.shared.lock();
+        slot.running = false;
+        drop(slot);
+        self.shared.ended.notify_all();
     }
 }
 

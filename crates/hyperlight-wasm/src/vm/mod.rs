@@ -196,6 +196,27 @@ impl Vm {
         })
     }
 
+    /// Completes the exit the vCPU is stopped at, without running guest
+    /// code: KVM finishes an `out` (moves RIP past it) only when `KVM_RUN`
+    /// is entered again, and guest state is consistent only after that.
+    /// Entering with `immediate_exit` set does exactly that and returns.
+    pub(crate) fn complete_pending_exit(&mut self) -> Result<()> {
+        self.interrupts.set_immediate_exit(true);
+        let result = self.vcpu.run().map(|exit| format!("{exit:?}"));
+        self.interrupts.set_immediate_exit(false);
+        match result {
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(source) => Err(Error::Kvm {
+                operation: "KVM_RUN (completing the last exit)",
+                source,
+            }),
+            Ok(exit) => Err(Error::UnexpectedExit {
+                exit: format!("{exit} while completing the last exit"),
+                rip: self.rip()?,
+            }),
+        }
+    }
+
     /// Guest memory.
     pub(crate) fn memory(&self) -> &GuestMemory {
         &self.memory
@@ -232,7 +253,10 @@ impl Vm {
     pub(crate) fn run(&mut self) -> Result<GuestExit> {
         let exit = loop {
             self.interrupts.check()?;
-            match self.vcpu.run() {
+            self.interrupts.set_in_guest(true);
+            let result = self.vcpu.run();
+            self.interrupts.set_in_guest(false);
+            match result {
                 Ok(VcpuExit::IoOut(port, data)) => {
                     break Exit::Out {
                         port,
@@ -312,8 +336,12 @@ impl Vm {
         // exit came from the stub of the vector it names, right after its
         // `out` instruction.
         let vector = byte.filter(|v| *v < EXCEPTION_VECTORS);
+        // The stub is `mov al, v` (2 bytes), `out imm8, al` (2 bytes). KVM
+        // reports RIP on the `out` (mainline KVM advances it on the next
+        // KVM_RUN) or past it (some KVMs advance it before the exit).
         let from_stub = vector.is_some_and(|v| {
-            regs.rip == EXCEPTION_STUBS + u64::from(v) * STUB_SIZE + 4 && sregs.cs.selector == 0x08
+            let out = EXCEPTION_STUBS + u64::from(v) * STUB_SIZE + 2;
+            (regs.rip == out || regs.rip == out + 2) && sregs.cs.selector == 0x08
         });
         let (Some(vector), true) = (vector, from_stub) else {
             return Ok(Error::UnexpectedExit {

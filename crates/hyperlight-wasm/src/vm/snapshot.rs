@@ -114,6 +114,9 @@ impl Vm {
     /// Takes a snapshot of guest memory and the vCPU; the VM's memory matches
     /// it afterwards.
     pub(crate) fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        // Snapshots are taken at an `out`: finish it first, so that the
+        // saved RIP is past it on every KVM.
+        self.complete_pending_exit()?;
         self.collect_dirty()?;
         let mut pages = BTreeMap::new();
         for page in self.touched.iter() {

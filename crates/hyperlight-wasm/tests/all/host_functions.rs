@@ -194,3 +194,68 @@ fn host_functions_run_during_the_start_function() {
         .unwrap();
     assert_eq!(calls.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn a_panicking_print_function_fails_the_call_and_the_sandbox_recovers() {
+    require_kvm();
+    let mut proto = SandboxBuilder::new()
+        .with_host_print_fn(|text| {
+            if text.contains("boom") {
+                panic!("the print function saw {text:?}");
+            }
+        })
+        .build()
+        .unwrap();
+    proto.register("unused", || ()).unwrap();
+    let module = crate::common::with_allocator(
+        r#"(import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+           (func (export "say") (param $s i32) (param $n i32) (result i32)
+             (i32.store (i32.const 0) (local.get $s))
+             (i32.store (i32.const 4) (local.get $n))
+             (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))"#,
+    );
+    let mut sb = proto
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(module.as_bytes())
+        .unwrap();
+    match sb.call_guest_function::<i32>("say", &b"boom\n"[..]) {
+        Err(Error::HostFunctionPanicked { function, message }) => {
+            assert_eq!(function, "<print function>");
+            assert!(message.contains("boom"), "{message}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        sb.call_guest_function::<i32>("say", &b"fine\n"[..])
+            .unwrap(),
+        0
+    );
+}
+
+#[test]
+fn a_host_result_too_large_for_the_input_buffer_fails_only_that_call() {
+    require_kvm();
+    let mut proto = SandboxBuilder::new()
+        .with_persistent_state(true)
+        .build()
+        .unwrap();
+    proto
+        .register("make", |n: i32| "x".repeat(n as usize))
+        .unwrap();
+    let module = crate::common::with_allocator(
+        r#"(import "env" "make" (func $make (param i32) (result i32)))
+           (func (export "len") (param i32) (result i32) (call $strlen (call $make (local.get 0))))"#,
+    );
+    let mut sb = proto
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(module.as_bytes())
+        .unwrap();
+    assert!(matches!(
+        sb.call_guest_function::<i32>("len", 1 << 20),
+        Err(Error::RequestTooLarge { .. })
+    ));
+    // The next call runs as itself, not as the rest of the failed one.
+    assert_eq!(sb.call_guest_function::<i32>("len", 10).unwrap(), 10);
+}
