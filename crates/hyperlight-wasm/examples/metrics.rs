@@ -20,7 +20,7 @@ const MODULE: &str = r#"(module
 fn worker(id: i32) -> Result<()> {
     for round in 0..3 {
         let mut proto = SandboxBuilder::new()
-            .with_guest_function_call_max_execution_time_millis(10)
+            .with_guest_function_call_max_execution_time_millis(100)
             .build()?;
         proto.register("twice", |x: i32| x * 2)?;
         let mut loaded = proto

@@ -2,8 +2,11 @@
 //! with wasmtime and Cranelift, using the configuration the guest's runtime
 //! shares (`hyperlight_wasm_protocol::engine`).
 
-use std::borrow::Cow;
-use std::sync::OnceLock;
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+
+use sha2::{Digest, Sha256};
 
 use hyperlight_wasm_protocol::engine::{ISA_FEATURES, TARGET, shared_config};
 use wasmtime::{Engine, Precompiled};
@@ -78,18 +81,193 @@ pub fn compile_module(wasm: &[u8]) -> Result<Vec<u8>> {
         })
 }
 
-/// Returns the precompiled module for `bytes`: as is if it already is one,
-/// else compiled.
-pub(crate) fn prepare(bytes: &[u8]) -> Result<Cow<'_, [u8]>> {
-    match Engine::detect_precompiled(bytes) {
-        Some(Precompiled::Module) => Ok(Cow::Borrowed(bytes)),
-        Some(Precompiled::Component) => Err(Error::NotWasm {
-            reason: String::from(
-                "it is a precompiled component; only core WebAssembly modules are supported",
-            ),
-        }),
-        None => compile_module(bytes).map(Cow::Owned),
+/// A module ready for the guest.
+#[derive(Debug)]
+pub(crate) enum Prepared<'a> {
+    /// The caller's bytes were precompiled already.
+    Precompiled(&'a [u8]),
+    /// Compiled here, or found in the cache.
+    Compiled(Arc<[u8]>),
+}
+
+impl Prepared<'_> {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Prepared::Precompiled(bytes) => bytes,
+            Prepared::Compiled(bytes) => bytes,
+        }
     }
+}
+
+/// Returns the precompiled module for `bytes`: as is if it already is one,
+/// else from the cache (in memory, then on disk if a cache directory is
+/// set), else compiled (and cached).
+pub(crate) fn prepare(bytes: &[u8]) -> Result<Prepared<'_>> {
+    let dir = cache_dir();
+    prepare_with(bytes, dir.as_deref())
+}
+
+fn prepare_with<'a>(bytes: &'a [u8], dir: Option<&Path>) -> Result<Prepared<'a>> {
+    match Engine::detect_precompiled(bytes) {
+        Some(Precompiled::Module) => return Ok(Prepared::Precompiled(bytes)),
+        Some(Precompiled::Component) => {
+            return Err(Error::NotWasm {
+                reason: String::from(
+                    "it is a precompiled component; only core WebAssembly modules are supported",
+                ),
+            });
+        }
+        None => {}
+    }
+    let key: [u8; 32] = Sha256::digest(bytes).into();
+    if let Some(artifact) = memory_cache().get(&key) {
+        return Ok(Prepared::Compiled(artifact));
+    }
+    let file = dir.map(|dir| dir.join(cache_namespace()).join(hex(&key)));
+    if let Some(artifact) = file.as_deref().and_then(read_cache_file) {
+        let artifact: Arc<[u8]> = artifact.into();
+        memory_cache().insert(key, Arc::clone(&artifact));
+        return Ok(Prepared::Compiled(artifact));
+    }
+    let artifact: Arc<[u8]> = compile_module(bytes)?.into();
+    memory_cache().insert(key, Arc::clone(&artifact));
+    if let Some(file) = file {
+        // A cache that cannot be written is only a missed speed-up.
+        let _ = write_cache_file(&file, &artifact);
+    }
+    Ok(Prepared::Compiled(artifact))
+}
+
+/// Compiled modules by the SHA-256 of their source, up to
+/// [`MEMORY_CACHE_BYTES`]; the oldest entries go first.
+#[derive(Default)]
+struct MemoryCache {
+    entries: HashMap<[u8; 32], Arc<[u8]>>,
+    order: VecDeque<[u8; 32]>,
+    bytes: usize,
+}
+
+/// How many bytes of compiled code the in-memory cache keeps.
+const MEMORY_CACHE_BYTES: usize = 256 << 20;
+
+struct SharedCache(Mutex<MemoryCache>);
+
+fn memory_cache() -> &'static SharedCache {
+    static CACHE: OnceLock<SharedCache> = OnceLock::new();
+    CACHE.get_or_init(|| SharedCache(Mutex::new(MemoryCache::default())))
+}
+
+impl SharedCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, MemoryCache> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn get(&self, key: &[u8; 32]) -> Option<Arc<[u8]>> {
+        self.lock().entries.get(key).cloned()
+    }
+
+    fn insert(&self, key: [u8; 32], artifact: Arc<[u8]>) {
+        let mut cache = self.lock();
+        if artifact.len() > MEMORY_CACHE_BYTES || cache.entries.contains_key(&key) {
+            return;
+        }
+        while cache.bytes + artifact.len() > MEMORY_CACHE_BYTES {
+            let Some(oldest) = cache.order.pop_front() else {
+                break;
+            };
+            if let Some(old) = cache.entries.remove(&oldest) {
+                cache.bytes -= old.len();
+            }
+        }
+        cache.bytes += artifact.len();
+        cache.order.push_back(key);
+        cache.entries.insert(key, artifact);
+    }
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    CACHE_DIR.read().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+static CACHE_DIR: RwLock<Option<PathBuf>> = RwLock::new(None);
+
+/// Keeps compiled modules in `dir` too (by the SHA-256 of the module), so
+/// that other processes, and later runs, skip compiling them. `None` turns
+/// the disk cache off (the default). The in-memory cache is always on.
+///
+/// Safe for processes sharing the directory: entries are written to a
+/// temporary file and renamed into place. Every entry carries a checksum; a
+/// corrupt or truncated entry is ignored and rewritten, never loaded. Entries
+/// live in a subdirectory per version of this crate and CPU feature set.
+pub fn set_module_cache_dir(dir: Option<PathBuf>) {
+    *CACHE_DIR.write().unwrap_or_else(|e| e.into_inner()) = dir;
+}
+
+/// Marks a cache file and its format version.
+const CACHE_MAGIC: &[u8; 8] = b"HLWCACH1";
+
+/// Names the cache subdirectory: entries from another version of this
+/// crate, of wasmtime, or for other CPU features never mix.
+fn cache_namespace() -> String {
+    let features: Vec<&str> = ISA_FEATURES
+        .iter()
+        .filter(|(_, feature)| host_has_feature(feature))
+        .map(|(flag, _)| *flag)
+        .collect();
+    let id = format!(
+        "{}-{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        hyperlight_wasm_protocol::PROTOCOL_VERSION,
+        features.join(",")
+    );
+    hex(&Sha256::digest(id.as_bytes()))[..16].to_owned()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads a cache entry: magic, SHA-256 of the artifact, the artifact. `None`
+/// for a missing, corrupt or truncated entry.
+fn read_cache_file(path: &Path) -> Option<Vec<u8>> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(CACHE_MAGIC.as_slice())?;
+    let (checksum, artifact) = rest.split_at_checked(32)?;
+    if Sha256::digest(artifact).as_slice() != checksum {
+        return None;
+    }
+    if !matches!(
+        Engine::detect_precompiled(artifact),
+        Some(Precompiled::Module)
+    ) {
+        return None;
+    }
+    Some(artifact.to_vec())
+}
+
+/// Writes a cache entry atomically (temporary file, then rename).
+fn write_cache_file(path: &Path, artifact: &[u8]) -> std::io::Result<()> {
+    let dir = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("no cache directory"))?;
+    std::fs::create_dir_all(dir)?;
+    let unique = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    let temporary = dir.join(format!(
+        ".{}.{}.{unique}.tmp",
+        hex(&Sha256::digest(path.as_os_str().as_encoded_bytes()))[..8].to_owned(),
+        std::process::id()
+    ));
+    let mut contents = Vec::with_capacity(CACHE_MAGIC.len() + 32 + artifact.len());
+    contents.extend_from_slice(CACHE_MAGIC);
+    contents.extend_from_slice(&Sha256::digest(artifact));
+    contents.extend_from_slice(artifact);
+    std::fs::write(&temporary, &contents)?;
+    std::fs::rename(&temporary, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }
 
 /// Rejects bytes that are neither a core module binary nor module text, with
@@ -135,9 +313,55 @@ mod tests {
     fn compiles_text_and_binary_and_recognises_the_result() {
         let text = "(module (func (export \"f\") (result i32) i32.const 7))";
         let artifact = compile_module(text.as_bytes()).unwrap();
-        assert!(matches!(prepare(&artifact).unwrap(), Cow::Borrowed(_)));
+        assert!(matches!(
+            prepare_with(&artifact, None).unwrap(),
+            Prepared::Precompiled(_)
+        ));
         let binary = wat::parse_str(text).unwrap();
-        assert!(matches!(prepare(&binary).unwrap(), Cow::Owned(_)));
+        assert!(matches!(
+            prepare_with(&binary, None).unwrap(),
+            Prepared::Compiled(_)
+        ));
+    }
+
+    #[test]
+    fn a_module_seen_before_comes_from_the_memory_cache() {
+        let text = "(module (func (export \"cached\") (result i32) i32.const 8))";
+        let first = prepare_with(text.as_bytes(), None).unwrap();
+        let second = prepare_with(text.as_bytes(), None).unwrap();
+        let (Prepared::Compiled(a), Prepared::Compiled(b)) = (first, second) else {
+            panic!("not compiled");
+        };
+        // The very same bytes: no second compilation.
+        assert!(Arc::ptr_eq(&a, &b));
+    }
+
+    #[test]
+    fn the_disk_cache_is_used_and_a_corrupt_entry_is_rebuilt() {
+        let dir =
+            std::env::temp_dir().join(format!("hyperlight-wasm-cache-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let module = "(module (func (export \"disk\") (result i32) i32.const 9))";
+        let key: [u8; 32] = Sha256::digest(module.as_bytes()).into();
+        let file = dir.join(cache_namespace()).join(hex(&key));
+        let compiled = prepare_with(module.as_bytes(), Some(&dir)).unwrap();
+        let written = read_cache_file(&file).expect("the entry was written");
+        assert_eq!(written, compiled.bytes());
+        // Corrupt it: the reader refuses it...
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        assert!(read_cache_file(&file).is_none());
+        // ...and a miss in memory (another process) rebuilds and rewrites it.
+        memory_cache().lock().entries.remove(&key);
+        let rebuilt = prepare_with(module.as_bytes(), Some(&dir)).unwrap();
+        assert_eq!(rebuilt.bytes(), compiled.bytes());
+        assert_eq!(read_cache_file(&file).unwrap(), compiled.bytes());
+        // Truncated and foreign entries are refused too.
+        std::fs::write(&file, b"HLWCACH1short").unwrap();
+        assert!(read_cache_file(&file).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::error::{Aftermath, Error, ProtocolError, Result, TrapKind};
 use crate::sandbox::host_functions::{self, HostFunctions};
 use crate::vm::interrupt::InterruptHandle;
 use crate::vm::memory::OutOfBounds;
+use crate::vm::reaper::Reaped;
 use crate::vm::snapshot::Snapshot;
 use crate::vm::{GuestExit, Vm};
 
@@ -37,7 +38,8 @@ pub(crate) type PrintFn = Box<dyn FnMut(&str) + Send>;
 /// A guest VM, the host's side of its imports, and the state of the
 /// conversation with it.
 pub(crate) struct Guest {
-    vm: Vm,
+    /// Torn down on the reaper thread when the sandbox goes away.
+    vm: Reaped<Vm>,
     poisoned: Option<String>,
     functions: HostFunctions,
     print: PrintFn,
@@ -66,6 +68,14 @@ impl std::fmt::Debug for Guest {
     }
 }
 
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // Freeing the snapshots' pages is work too: do it off the caller's
+        // thread, with the VM.
+        crate::vm::reaper::reap((self.runtime_snapshot.take(), self.module_snapshot.take()));
+    }
+}
+
 impl From<OutOfBounds> for Error {
     fn from(e: OutOfBounds) -> Error {
         Error::Protocol(ProtocolError::OutOfBounds {
@@ -85,7 +95,7 @@ impl Guest {
     /// Wraps a VM that has not run yet.
     pub(crate) fn new(vm: Vm, print: PrintFn, persistent: bool) -> Guest {
         Guest {
-            vm,
+            vm: Reaped::new(vm),
             poisoned: None,
             functions: HostFunctions::new(),
             print,
@@ -935,7 +945,7 @@ mod tests {
     #[test]
     fn a_guest_that_never_answers_is_stopped_by_the_time_limit() {
         let limits = crate::vm::CallLimits {
-            time_limit: std::time::Duration::from_millis(10),
+            time_limit: std::time::Duration::from_millis(100),
             cancel_wait: std::time::Duration::ZERO,
         };
         let raw = RawGuest::new().send_output(&ready(), Port::Done).spin();

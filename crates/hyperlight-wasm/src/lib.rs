@@ -66,7 +66,7 @@ mod metrics;
 mod sandbox;
 mod vm;
 
-pub use compile::compile_module;
+pub use compile::{compile_module, set_module_cache_dir};
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
@@ -77,3 +77,4 @@ pub use sandbox::{
 };
 pub use vm::interrupt::InterruptHandle;
 pub use vm::is_hypervisor_present;
+pub use vm::reaper::wait_for_teardown;

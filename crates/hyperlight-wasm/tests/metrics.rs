@@ -131,7 +131,7 @@ fn every_lifecycle_step_moves_its_metrics_exactly() {
     let mut probe = Probe::new(the_registry());
 
     let mut proto = SandboxBuilder::new()
-        .with_guest_function_call_max_execution_time_millis(20)
+        .with_guest_function_call_max_execution_time_millis(250)
         .build()
         .unwrap();
     proto.register("twice", |x: i32| x * 2).unwrap();

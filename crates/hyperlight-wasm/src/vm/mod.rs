@@ -16,6 +16,7 @@ pub(crate) mod interrupt;
 mod kvm;
 pub(crate) mod layout;
 pub(crate) mod memory;
+pub(crate) mod reaper;
 pub(crate) mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;

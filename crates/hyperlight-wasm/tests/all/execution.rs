@@ -78,16 +78,27 @@ fn still_works(sb: &mut LoadedWasmSandbox) {
 
 #[test]
 fn an_infinite_loop_is_stopped_by_the_time_limit_every_time() {
-    let builder = SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(5);
+    let builder = SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(10);
     let (mut sb, _) = sandbox(builder);
     for _ in 0..200 {
         match sb.call_guest_function::<()>("spin", ()) {
             Err(Error::ExecutionCancelledByHost {
                 reason: CancelReason::TimeLimit(limit),
-            }) => assert_eq!(limit.as_millis(), 5),
+            }) => assert_eq!(limit.as_millis(), 10),
             other => panic!("{other:?}"),
         }
-        still_works(&mut sb);
+        // The sandbox works again. On a loaded machine even a trivial call
+        // can be descheduled past a 10 ms limit: that is a cancellation
+        // too, never anything else, and a later attempt gets through.
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match sb.call_guest_function::<i32>("add", (40, 2)) {
+                Ok(sum) => break assert_eq!(sum, 42),
+                Err(Error::ExecutionCancelledByHost { .. }) if attempts < 100 => continue,
+                other => panic!("{other:?}"),
+            }
+        }
     }
 }
 
