@@ -399,9 +399,10 @@ impl TrapKind {
     }
 }
 
-impl fmt::Display for TrapKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl TrapKind {
+    /// What the trap means, in a few words.
+    pub fn description(self) -> &'static str {
+        match self {
             TrapKind::Unreachable => "unreachable code executed",
             TrapKind::IntegerDivisionByZero => "integer division by zero",
             TrapKind::IntegerOverflow => "integer overflow",
@@ -413,6 +414,27 @@ impl fmt::Display for TrapKind {
             TrapKind::StackOverflow => "wasm stack overflow",
             TrapKind::HeapMisaligned => "misaligned memory access",
             TrapKind::Other => "other trap",
+        }
+    }
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.description())
+    }
+}
+
+impl FaultCause {
+    /// What the host makes of the exception, in a few words (`None` for
+    /// [`FaultCause::Other`]: the vector says it all).
+    pub fn description(self) -> Option<&'static str> {
+        Some(match self {
+            FaultCause::NullPointer => "null pointer dereference",
+            FaultCause::StackOverflow => "guest stack overflow",
+            FaultCause::UnmappedAddress => "unmapped address",
+            FaultCause::ProtectionViolation => "page protection violation",
+            FaultCause::PrivilegedInstruction => "instruction not allowed in the guest",
+            FaultCause::Other => return None,
         })
     }
 }
@@ -507,15 +529,10 @@ impl fmt::Display for GuestException {
         if let Some(code) = self.error_code {
             write!(f, ", error code {code:#x}")?;
         }
-        let cause = match self.cause {
-            FaultCause::NullPointer => ": null pointer dereference",
-            FaultCause::StackOverflow => ": guest stack overflow",
-            FaultCause::UnmappedAddress => ": unmapped address",
-            FaultCause::ProtectionViolation => ": page protection violation",
-            FaultCause::PrivilegedInstruction => ": instruction not allowed in the guest",
-            FaultCause::Other => "",
-        };
-        f.write_str(cause)
+        match self.cause.description() {
+            Some(cause) => write!(f, ": {cause}"),
+            None => Ok(()),
+        }
     }
 }
 

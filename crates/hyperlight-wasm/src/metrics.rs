@@ -20,7 +20,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-use crate::error::{CancelReason, Error, FaultCause, Result};
+use crate::error::{CancelReason, Error, Result};
 
 /// The registry the host chose, and whether the metrics were registered.
 struct Choice {
@@ -302,34 +302,11 @@ pub(crate) fn record_error(e: &Error) {
 
 /// The error's labels: its variant name and a fixed text for its kind.
 pub(crate) fn labels(e: &Error) -> (&'static str, &'static str) {
-    use crate::error::TrapKind;
     match e {
-        Error::GuestTrap { kind, .. } => (
-            "GuestTrap",
-            match kind {
-                TrapKind::Unreachable => "unreachable code executed",
-                TrapKind::IntegerDivisionByZero => "integer division by zero",
-                TrapKind::IntegerOverflow => "integer overflow",
-                TrapKind::BadConversionToInteger => "invalid conversion to integer",
-                TrapKind::MemoryOutOfBounds => "out-of-bounds memory access",
-                TrapKind::TableOutOfBounds => "out-of-bounds table access",
-                TrapKind::IndirectCallToNull => "indirect call to a null table entry",
-                TrapKind::BadSignature => "indirect call with the wrong signature",
-                TrapKind::StackOverflow => "wasm stack overflow",
-                TrapKind::HeapMisaligned => "misaligned memory access",
-                _ => "other trap",
-            },
-        ),
+        Error::GuestTrap { kind, .. } => ("GuestTrap", kind.description()),
         Error::GuestException(x) => (
             "GuestException",
-            match x.cause {
-                FaultCause::NullPointer => "null pointer dereference",
-                FaultCause::StackOverflow => "guest stack overflow",
-                FaultCause::UnmappedAddress => "access to an unmapped address",
-                FaultCause::ProtectionViolation => "page protection violation",
-                FaultCause::PrivilegedInstruction => "instruction not allowed in the guest",
-                _ => x.mnemonic(),
-            },
+            x.cause.description().unwrap_or_else(|| x.mnemonic()),
         ),
         Error::ExecutionCancelledByHost { reason } => (
             "ExecutionCancelledByHost",
@@ -410,7 +387,7 @@ pub(crate) fn record_host_call(function: &str, micros: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{GuestException, TrapKind};
+    use crate::error::{FaultCause, GuestException, TrapKind};
 
     #[test]
     fn setting_the_registry_after_the_metrics_exist_is_an_error() {
@@ -466,6 +443,6 @@ mod tests {
             labels(&errors[0]),
             ("GuestTrap", "unreachable code executed")
         );
-        assert_eq!(labels(&errors[2]).1, "access to an unmapped address");
+        assert_eq!(labels(&errors[2]).1, "unmapped address");
     }
 }
