@@ -83,7 +83,14 @@ pub fn compile_module(wasm: &[u8]) -> Result<Vec<u8>> {
 
 /// A module ready for the guest.
 #[derive(Debug)]
-pub(crate) enum Prepared<'a> {
+pub(crate) struct Prepared<'a> {
+    artifact: Artifact<'a>,
+    /// SHA-256 of the bytes the caller gave (a module's identity).
+    hash: [u8; 32],
+}
+
+#[derive(Debug)]
+enum Artifact<'a> {
     /// The caller's bytes were precompiled already.
     Precompiled(&'a [u8]),
     /// Compiled here, or found in the cache.
@@ -91,11 +98,17 @@ pub(crate) enum Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    /// The precompiled module.
     pub(crate) fn bytes(&self) -> &[u8] {
-        match self {
-            Prepared::Precompiled(bytes) => bytes,
-            Prepared::Compiled(bytes) => bytes,
+        match &self.artifact {
+            Artifact::Precompiled(bytes) => bytes,
+            Artifact::Compiled(bytes) => bytes,
         }
+    }
+
+    /// SHA-256 of the bytes the module was prepared from.
+    pub(crate) fn hash(&self) -> &[u8; 32] {
+        &self.hash
     }
 }
 
@@ -108,8 +121,18 @@ pub(crate) fn prepare(bytes: &[u8]) -> Result<Prepared<'_>> {
 }
 
 fn prepare_with<'a>(bytes: &'a [u8], dir: Option<&Path>) -> Result<Prepared<'a>> {
+    let hash: [u8; 32] = Sha256::digest(bytes).into();
+    let compiled = |artifact| Prepared {
+        artifact: Artifact::Compiled(artifact),
+        hash,
+    };
     match Engine::detect_precompiled(bytes) {
-        Some(Precompiled::Module) => return Ok(Prepared::Precompiled(bytes)),
+        Some(Precompiled::Module) => {
+            return Ok(Prepared {
+                artifact: Artifact::Precompiled(bytes),
+                hash,
+            });
+        }
         Some(Precompiled::Component) => {
             return Err(Error::NotWasm {
                 reason: String::from(
@@ -119,23 +142,22 @@ fn prepare_with<'a>(bytes: &'a [u8], dir: Option<&Path>) -> Result<Prepared<'a>>
         }
         None => {}
     }
-    let key: [u8; 32] = Sha256::digest(bytes).into();
-    if let Some(artifact) = memory_cache().get(&key) {
-        return Ok(Prepared::Compiled(artifact));
+    if let Some(artifact) = memory_cache().get(&hash) {
+        return Ok(compiled(artifact));
     }
-    let file = dir.map(|dir| dir.join(cache_namespace()).join(hex(&key)));
+    let file = dir.map(|dir| dir.join(cache_namespace()).join(hex(&hash)));
     if let Some(artifact) = file.as_deref().and_then(read_cache_file) {
         let artifact: Arc<[u8]> = artifact.into();
-        memory_cache().insert(key, Arc::clone(&artifact));
-        return Ok(Prepared::Compiled(artifact));
+        memory_cache().insert(hash, Arc::clone(&artifact));
+        return Ok(compiled(artifact));
     }
     let artifact: Arc<[u8]> = compile_module(bytes)?.into();
-    memory_cache().insert(key, Arc::clone(&artifact));
+    memory_cache().insert(hash, Arc::clone(&artifact));
     if let Some(file) = file {
         // A cache that cannot be written is only a missed speed-up.
         let _ = write_cache_file(&file, &artifact);
     }
-    Ok(Prepared::Compiled(artifact))
+    Ok(compiled(artifact))
 }
 
 /// Compiled modules by the SHA-256 of their source, up to
@@ -313,15 +335,16 @@ mod tests {
     fn compiles_text_and_binary_and_recognises_the_result() {
         let text = "(module (func (export \"f\") (result i32) i32.const 7))";
         let artifact = compile_module(text.as_bytes()).unwrap();
-        assert!(matches!(
-            prepare_with(&artifact, None).unwrap(),
-            Prepared::Precompiled(_)
-        ));
+        let prepared = prepare_with(&artifact, None).unwrap();
+        assert!(matches!(prepared.artifact, Artifact::Precompiled(_)));
+        assert_eq!(
+            prepared.hash(),
+            &<[u8; 32]>::from(Sha256::digest(&artifact))
+        );
         let binary = wat::parse_str(text).unwrap();
-        assert!(matches!(
-            prepare_with(&binary, None).unwrap(),
-            Prepared::Compiled(_)
-        ));
+        let prepared = prepare_with(&binary, None).unwrap();
+        assert!(matches!(prepared.artifact, Artifact::Compiled(_)));
+        assert_eq!(prepared.hash(), &<[u8; 32]>::from(Sha256::digest(&binary)));
     }
 
     #[test]
@@ -329,7 +352,8 @@ mod tests {
         let text = "(module (func (export \"cached\") (result i32) i32.const 8))";
         let first = prepare_with(text.as_bytes(), None).unwrap();
         let second = prepare_with(text.as_bytes(), None).unwrap();
-        let (Prepared::Compiled(a), Prepared::Compiled(b)) = (first, second) else {
+        let (Artifact::Compiled(a), Artifact::Compiled(b)) = (first.artifact, second.artifact)
+        else {
             panic!("not compiled");
         };
         // The very same bytes: no second compilation.

@@ -3,7 +3,9 @@
 //! responses, checking every byte the guest wrote.
 //!
 //! State: after boot and after a module load the host takes a snapshot of
-//! the VM. Unless the sandbox keeps state (persistent mode), every call is
+//! the VM, and shares it through the image cache ([`crate::vm::images`]) when
+//! every sandbox of the configuration reaches that state the same way; the
+//! next sandbox maps the image instead of booting or loading again. Unless the sandbox keeps state (persistent mode), every call is
 //! followed by a restore of the post-load snapshot, so each call starts from
 //! a fresh instance. A failure that leaves the guest in an unknown state (a
 //! fault, an abort, a broken protocol, a cancellation; see
@@ -11,25 +13,26 @@
 //! failure of the host itself (KVM, the OS, a failed restore) poisons the
 //! [`Guest`]: every later request then fails with [`Error::Poisoned`].
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
 use hyperlight_wasm_protocol::message::{
-    Abort, ErrorCode, GuestError, OutCall, OutCallReply, Request, Response, Value, ValueType,
+    Abort, ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Request, Response,
+    Value, ValueType,
 };
 use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-
-use std::sync::Arc;
+use sha2::{Digest, Sha256};
 
 use crate::error::{Aftermath, Error, ProtocolError, Result, TrapKind};
 use crate::sandbox::host_functions::{self, HostFunctions};
+use crate::vm::images::{self, ImageKey};
 use crate::vm::interrupt::InterruptHandle;
 use crate::vm::memory::OutOfBounds;
 use crate::vm::reaper::Reaped;
-use crate::vm::snapshot::Snapshot;
+use crate::vm::snapshot::{Sharing, Snapshot};
 use crate::vm::{GuestExit, Vm};
 
 /// Receives what the module prints.
@@ -56,6 +59,10 @@ pub(crate) struct Guest {
     /// Whether the current request stopped the guest in the middle (at an
     /// out-call).
     mid_request: bool,
+    /// Out-calls that asked the host for something (anything but the
+    /// artifact's bytes) since the count was last reset: a state reached
+    /// with such answers is not shared with other sandboxes.
+    questions: u64,
 }
 
 impl std::fmt::Debug for Guest {
@@ -104,6 +111,7 @@ impl Guest {
             runtime_snapshot: None,
             module_snapshot: None,
             mid_request: false,
+            questions: 0,
         }
     }
 
@@ -115,7 +123,7 @@ impl Guest {
     /// Takes a snapshot of the sandbox as it is now.
     pub(crate) fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
         self.check_usable()?;
-        let snapshot = self.vm.snapshot();
+        let snapshot = self.vm.snapshot(Sharing::Private);
         self.poison_on_error(snapshot)
     }
 
@@ -134,9 +142,22 @@ impl Guest {
         &mut self.functions
     }
 
-    /// Runs the guest from its entry point until its runtime is ready, and
-    /// takes the post-runtime snapshot.
+    /// Brings the guest's runtime up: maps the configuration's shared
+    /// post-runtime image if there is one, else runs the guest from its
+    /// entry point until its runtime is ready and takes that image.
     pub(crate) fn boot(&mut self) -> Result<()> {
+        let key = self.vm.image_key(None);
+        if let Some(image) = key.as_ref().and_then(images::get) {
+            let adopted = self.vm.adopt(&image);
+            self.poison_on_error(adopted)?;
+            self.runtime_snapshot = Some(image);
+            return Ok(());
+        }
+        if self.vm.runs_embedded_guest() {
+            let booted = self.vm.boot_embedded();
+            self.poison_on_error(booted)?;
+        }
+        self.questions = 0;
         self.guarded(false, |guest| match guest.run_to_done(None)? {
             Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
             Response::Ready { protocol_version } => Err(ProtocolError::VersionMismatch {
@@ -146,18 +167,25 @@ impl Guest {
             .into()),
             other => Err(guest.unexpected_response("the ready message", other, None)),
         })?;
-        let snapshot = self.vm.snapshot();
-        self.runtime_snapshot = Some(self.poison_on_error(snapshot)?);
+        self.runtime_snapshot = Some(self.take_image(key)?);
         Ok(())
     }
 
-    /// Loads a precompiled module: the guest allocates room for it, the host
-    /// copies it there, the guest deserializes, links and instantiates it.
-    pub(crate) fn load_module(&mut self, artifact: &[u8]) -> Result<()> {
+    /// Loads a precompiled module (`hash` identifies it): maps the shared
+    /// post-load image for it if there is one; else the guest allocates room
+    /// for it, the host copies it there, the guest deserializes, links and
+    /// instantiates it, and the host takes that image.
+    pub(crate) fn load_module(&mut self, artifact: &[u8], hash: &[u8; 32]) -> Result<()> {
+        let signatures = host_functions::signatures(&self.functions);
+        let key = self.module_key(hash, &signatures)?;
+        if let Some(image) = key.as_ref().and_then(images::get) {
+            return self.start_from(image);
+        }
+        self.questions = 0;
         self.guarded(false, |guest| {
             guest.send(&Request::LoadModule {
                 artifact_len: artifact.len() as u64,
-                host_functions: host_functions::signatures(&guest.functions),
+                host_functions: signatures,
             })?;
             let mut artifact = Artifact {
                 bytes: artifact,
@@ -168,9 +196,52 @@ impl Guest {
                 other => Err(guest.unexpected_response("the module-loaded message", other, None)),
             }
         })?;
-        let snapshot = self.vm.snapshot();
-        self.module_snapshot = Some(self.poison_on_error(snapshot)?);
+        self.module_snapshot = Some(self.take_image(key)?);
         Ok(())
+    }
+
+    /// The image key of the state after loading module `hash` linked
+    /// against `signatures`, from this sandbox's post-runtime state.
+    fn module_key(
+        &self,
+        hash: &[u8; 32],
+        signatures: &[HostFunctionSignature],
+    ) -> Result<Option<ImageKey>> {
+        self.check_usable()?;
+        let runtime = self
+            .runtime_snapshot
+            .as_ref()
+            .ok_or_else(|| Error::Poisoned {
+                reason: String::from("the guest never finished booting"),
+            })?;
+        let signatures = wire::encode_to_vec(&signatures).map_err(|e| Error::RequestTooLarge {
+            reason: e.to_string(),
+        })?;
+        let mut digest = Sha256::new();
+        digest.update(runtime.id().to_le_bytes());
+        digest.update(hash);
+        digest.update(&signatures);
+        Ok(self.vm.image_key(Some(digest.finalize().into())))
+    }
+
+    /// Starts from the shared image of a post-load state.
+    fn start_from(&mut self, image: Arc<Snapshot>) -> Result<()> {
+        self.check_usable()?;
+        let adopted = self.vm.adopt(&image);
+        self.poison_on_error(adopted)?;
+        self.module_snapshot = Some(image);
+        Ok(())
+    }
+
+    /// Takes the snapshot of a state just reached, and shares it as the
+    /// image for `key` if the guest asked the host nothing on the way.
+    fn take_image(&mut self, key: Option<ImageKey>) -> Result<Arc<Snapshot>> {
+        let snapshot = self.vm.snapshot(Sharing::Shared);
+        let snapshot = self.poison_on_error(snapshot)?;
+        if let Some(key) = key.filter(|_| self.questions == 0) {
+            images::insert(key, Arc::clone(&snapshot));
+        }
+        Ok(snapshot)
     }
 
     /// Calls an exported function.
@@ -228,8 +299,10 @@ impl Guest {
             .ok_or_else(|| Error::Poisoned {
                 reason: String::from("the guest never finished booting"),
             })?;
-        let restored = self.vm.restore(&snapshot);
-        self.poison_on_error(restored)?;
+        // Mapping the image again copies nothing and frees every page the
+        // module used.
+        let adopted = self.vm.adopt(&snapshot);
+        self.poison_on_error(adopted)?;
         self.module_snapshot = None;
         Ok(())
     }
@@ -424,8 +497,12 @@ impl Guest {
                 artifact.copied = true;
                 Ok(OutCallReply::Done)
             }
-            OutCall::CallHost { function, args } => self.call_host(function, args),
+            OutCall::CallHost { function, args } => {
+                self.questions += 1;
+                self.call_host(function, args)
+            }
             OutCall::Print { text } => {
+                self.questions += 1;
                 let print = &mut self.print;
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| print(&text))) {
                     Ok(()) => Ok(OutCallReply::Done),
@@ -440,8 +517,12 @@ impl Guest {
                     }
                 }
             }
-            OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
+            OutCall::Clock { realtime } => {
+                self.questions += 1;
+                Ok(OutCallReply::Time(clock_ns(realtime)))
+            }
             OutCall::Random { len } => {
+                self.questions += 1;
                 // The reply must fit the input buffer.
                 let limit = self.vm.layout().input.size.saturating_sub(64);
                 if u64::from(len) > limit {
@@ -669,6 +750,44 @@ mod tests {
 
     use super::*;
     use crate::vm::testing::{RawGuest, layout};
+    use crate::{LoadedWasmSandbox, SandboxBuilder};
+
+    #[test]
+    fn sandboxes_of_one_configuration_share_their_images() {
+        let load = |module: &str| -> LoadedWasmSandbox {
+            let mut proto = SandboxBuilder::new().build().unwrap();
+            proto.register("answer", || 42).unwrap();
+            proto
+                .load_runtime()
+                .unwrap()
+                .load_module_from_buffer(module.as_bytes())
+                .unwrap()
+        };
+        let same = |a: &Option<Arc<Snapshot>>, b: &Option<Arc<Snapshot>>| match (a, b) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        };
+        let quiet = r#"(module (func (export "f") (result i32) i32.const 5))"#;
+        let (a, b) = (load(quiet), load(quiet));
+        let (a, b) = (a.guest(), b.guest());
+        assert!(same(&a.runtime_snapshot, &b.runtime_snapshot));
+        assert!(same(&a.module_snapshot, &b.module_snapshot));
+        // A start function that asks the host: each sandbox loads it itself.
+        let asking = r#"(module (import "env" "answer" (func $a (result i32)))
+            (global $g (mut i32) (i32.const 0))
+            (func $s (global.set $g (call $a))) (start $s))"#;
+        let (c, d) = (load(asking), load(asking));
+        let (c, d) = (c.guest(), d.guest());
+        assert!(same(&c.runtime_snapshot, &a.runtime_snapshot));
+        assert!(!same(&c.module_snapshot, &d.module_snapshot));
+        // Test guests never share.
+        let raw = || {
+            let mut g = guest(RawGuest::new().send_output(&ready(), Port::Done));
+            g.boot().unwrap();
+            g
+        };
+        assert!(!same(&raw().runtime_snapshot, &raw().runtime_snapshot));
+    }
 
     fn guest(raw: RawGuest) -> Guest {
         Guest::new(raw.vm(), Box::new(|_| {}), false)
@@ -821,7 +940,7 @@ mod tests {
                 .send_output(&framed(&Response::ModuleLoaded), Port::Done),
         );
         g.boot().unwrap();
-        g.load_module(&[7u8; 100])
+        g.load_module(&[7u8; 100], &[0; 32])
     }
 
     #[test]
@@ -870,7 +989,7 @@ mod tests {
         );
         g.boot().unwrap();
         assert!(matches!(
-            g.load_module(&[1, 2, 3, 4]),
+            g.load_module(&[1, 2, 3, 4], &[0; 32]),
             Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
         ));
     }

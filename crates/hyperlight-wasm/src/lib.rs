@@ -45,6 +45,17 @@
 //! precompiled with [`compile_module`]. Binaries and text are compiled on the
 //! host with Cranelift; the guest only runs compiled code.
 //!
+//! # Shared images
+//!
+//! The state right after `load_runtime` is one immutable memory image per
+//! configuration, and the state right after `load_module` one per
+//! configuration and module: the first sandbox to reach a state takes the
+//! image, later ones map it copy-on-write instead of booting the guest or
+//! loading the module again, and only the pages a sandbox writes are its
+//! own. A load during which the guest asked the host anything (a host
+//! function, a print, the clock, random bytes) is not shared. The cache is
+//! bounded; [`clear_image_cache`] empties it.
+//!
 //! # Metrics
 //!
 //! Every sandbox state change, guest error and cancellation is counted in
@@ -75,6 +86,10 @@ pub use sandbox::{
     ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder, Snapshot,
     SupportedParameterType, SupportedReturnType, WasmSandbox,
 };
+pub use vm::images::clear as clear_image_cache;
 pub use vm::interrupt::InterruptHandle;
 pub use vm::is_hypervisor_present;
+/// Raw KVM figures the benchmarks compare against; not a stable API.
+#[doc(hidden)]
+pub use vm::limits as __limits;
 pub use vm::reaper::wait_for_teardown;

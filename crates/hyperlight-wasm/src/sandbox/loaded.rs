@@ -26,6 +26,11 @@ impl LoadedWasmSandbox {
         }
     }
 
+    #[cfg(test)]
+    pub(crate) fn guest(&self) -> &Guest {
+        &self.guest
+    }
+
     /// Calls the module's exported function `name` with `args` and returns
     /// its result as `R`.
     ///

@@ -61,7 +61,7 @@ impl WasmSandbox {
     pub fn load_module_from_buffer(mut self, bytes: &[u8]) -> Result<LoadedWasmSandbox> {
         crate::metrics::metrics().loads_of_wasm_sandboxes.inc();
         let artifact = compile::prepare(bytes)?;
-        self.guest.load_module(artifact.bytes())?;
+        self.guest.load_module(artifact.bytes(), artifact.hash())?;
         Ok(LoadedWasmSandbox::new(self.guest))
     }
 }

@@ -67,7 +67,7 @@ const _: () = assert!(BOOT_INFO + PAGE_SIZE <= PAGE_TABLES.addr);
 const _: () = assert!(PAGE_TABLES.addr + PAGE_TABLES.size == IMAGE.addr);
 
 /// Sizes of the regions a sandbox configures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Sizes {
     /// Guest heap, bytes.
     pub heap: u64,

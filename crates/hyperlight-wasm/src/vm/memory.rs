@@ -1,11 +1,15 @@
-//! Guest RAM: one anonymous mapping, owned by [`GuestMemory`], which is the
-//! only place that maps, unmaps or touches it.
+//! Guest RAM: one mapping, owned by [`GuestMemory`], which is the only place
+//! that maps, unmaps or touches it.
 //!
-//! The mapping is private and `MAP_NORESERVE`: pages cost nothing until
-//! someone touches them, so a large heap is free until the guest uses it.
+//! The mapping is private and `MAP_NORESERVE`: anonymous zeroed memory at
+//! first, or a snapshot's image mapped copy-on-write
+//! ([`GuestMemory::map_image`]). Pages cost nothing until someone touches
+//! them, and an image's pages are shared until someone writes them, so a
+//! large heap is free until the guest uses it.
 //! Every access goes through offset-based, bounds-checked copies; the host
 //! never holds a reference into guest memory (the guest can write it).
 
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use crate::error::{Error, Result};
@@ -129,6 +133,120 @@ impl GuestMemory {
         let offset = self.check((page * PAGE) as u64, PAGE)?;
         // SAFETY: as in `write`.
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), 0, PAGE) };
+        Ok(())
+    }
+
+    /// Replaces guest memory with a private, copy-on-write mapping of
+    /// `image` (a file of exactly this memory's size), at the same host
+    /// address, so KVM's memory slot stays valid. Every page written before
+    /// is dropped.
+    pub(crate) fn map_image(&mut self, image: BorrowedFd<'_>) -> Result<()> {
+        // SAFETY: MAP_FIXED replaces our own mapping, of this exact range,
+        // which nothing but KVM refers to (and KVM follows the change through
+        // its MMU notifier). The vCPU is not running: we hold `&mut self`.
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                image.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            let source = std::io::Error::last_os_error();
+            // A failed MAP_FIXED may have unmapped the range: map zeroed
+            // memory there again, so that the range stays ours (our drop
+            // unmaps it) and reads of it stay valid.
+            // SAFETY: as above, with anonymous memory.
+            let again = unsafe {
+                libc::mmap(
+                    self.ptr.as_ptr().cast(),
+                    self.size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if again == libc::MAP_FAILED {
+                // Nothing sound can continue with a hole where guest memory
+                // was (KVM and our drop still refer to it).
+                std::process::abort();
+            }
+            return Err(Error::Os {
+                operation: "map a snapshot image over guest memory",
+                source,
+            });
+        }
+        if ptr != self.ptr.as_ptr().cast() {
+            return Err(Error::Os {
+                operation: "map a snapshot image over guest memory",
+                source: std::io::Error::other("the kernel moved a MAP_FIXED mapping"),
+            });
+        }
+        self.host_dirty.iter_mut().for_each(|w| *w = 0);
+        Ok(())
+    }
+
+    /// Writes the pages `pages` (ascending page indexes) of guest memory
+    /// into `file` at the same offsets.
+    pub(crate) fn copy_pages_to(
+        &self,
+        file: BorrowedFd<'_>,
+        pages: impl Iterator<Item = usize>,
+    ) -> std::io::Result<()> {
+        // Coalesce runs of consecutive pages into one write each.
+        let mut run: Option<(usize, usize)> = None;
+        for page in pages.chain(std::iter::once(usize::MAX)) {
+            match run {
+                Some((first, count)) if page == first + count => run = Some((first, count + 1)),
+                _ => {
+                    if let Some((first, count)) = run {
+                        self.write_run(file, first, count)?;
+                    }
+                    run = (page != usize::MAX).then_some((page, 1));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn write_run(&self, file: BorrowedFd<'_>, first: usize, count: usize) -> std::io::Result<()> {
+        let start = first
+            .checked_mul(PAGE)
+            .filter(|s| count * PAGE <= self.size.saturating_sub(*s))
+            .ok_or_else(|| {
+                std::io::Error::other(format!("page {first} is outside guest memory"))
+            })?;
+        let mut done = 0;
+        let len = count * PAGE;
+        while done < len {
+            let offset = libc::off_t::try_from(start + done)
+                .map_err(|_| std::io::Error::other("offset too large"))?;
+            // SAFETY: `start + done .. start + len` lies inside the mapping
+            // (checked above); the kernel only reads it. The vCPU is not
+            // running while the host holds the VM.
+            let written = unsafe {
+                libc::pwrite(
+                    file.as_raw_fd(),
+                    self.ptr.as_ptr().add(start + done).cast(),
+                    len - done,
+                    offset,
+                )
+            };
+            match written {
+                n if n > 0 => done += n as usize,
+                0 => return Err(std::io::Error::other("pwrite wrote nothing")),
+                _ => {
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
         Ok(())
     }
 

@@ -12,9 +12,11 @@
 
 pub(crate) mod boot;
 pub(crate) mod elf;
+pub(crate) mod images;
 pub(crate) mod interrupt;
 mod kvm;
 pub(crate) mod layout;
+pub mod limits;
 pub(crate) mod memory;
 pub(crate) mod reaper;
 pub(crate) mod snapshot;
@@ -31,6 +33,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
+use self::images::ImageKey;
 use self::interrupt::{InterruptHandle, Interrupts};
 pub use self::kvm::is_hypervisor_present;
 use self::layout::{EXCEPTION_STACK, EXCEPTION_STUBS, Layout, PAGE_SIZE, STUB_SIZE, Sizes};
@@ -95,13 +98,18 @@ pub(crate) struct Vm {
     vcpu: VcpuFd,
     vm: VmFd,
     memory: GuestMemory,
+    sizes: Sizes,
     layout: Layout,
-    /// Whether guest addresses can be named with the embedded guest's
-    /// symbols (not for test images).
-    symbolize: bool,
+    /// Whether the VM runs the embedded guest (test VMs run raw images):
+    /// only then are its states shared as images, and guest addresses named
+    /// with the embedded guest's symbols.
+    embedded_guest: bool,
     /// Identifies the VM (snapshots belong to one).
     id: u64,
-    /// Every page written since the VM started.
+    /// The image guest memory is mapped from (`None`: anonymous memory that
+    /// started all zeros).
+    backing: Option<Arc<Snapshot>>,
+    /// Every page written since memory was mapped.
     touched: PageSet,
     /// Pages written since memory last matched `base`.
     since_base: PageSet,
@@ -110,32 +118,14 @@ pub(crate) struct Vm {
 }
 
 impl Vm {
-    /// Creates a VM running the embedded guest, stopped at its entry point.
+    /// Creates a VM for the embedded guest with zeroed memory and a vCPU in
+    /// its reset state: ready for [`Vm::boot`] or [`Vm::adopt`]. Writes no
+    /// guest memory, so it costs no more than KVM's own VM, vCPU and memory
+    /// slot.
     pub(crate) fn new(sizes: &Sizes, limits: CallLimits) -> Result<Vm> {
-        let image = elf::embedded_guest().map_err(|e| Error::InvalidGuestImage {
-            message: e.to_string(),
-        })?;
-        let mut vm = Vm::with_image(sizes, limits, image)?;
-        vm.symbolize = true;
-        Ok(vm)
-    }
-
-    /// Creates a VM running `image`, stopped at its entry point.
-    pub(crate) fn with_image(
-        sizes: &Sizes,
-        limits: CallLimits,
-        image: &GuestImage<'_>,
-    ) -> Result<Vm> {
         let handle = kvm::kvm()?;
         let layout = Layout::new(sizes)?;
-        let mut memory = GuestMemory::new(layout.memory_size())?;
-        let pml4 = boot::write_guest_memory(&mut memory, &layout, image).map_err(|e| {
-            Error::InvalidConfiguration {
-                setting: "guest memory",
-                value: layout.memory_size(),
-                reason: format!("cannot be laid out: {e}"),
-            }
-        })?;
+        let memory = GuestMemory::new(layout.memory_size())?;
 
         let kvm_err = |operation| move |source| Error::Kvm { operation, source };
         let vm = create_vm(&handle.kvm)?;
@@ -150,8 +140,9 @@ impl Vm {
             flags: KVM_MEM_LOG_DIRTY_PAGES,
         };
         // SAFETY: the region is our own mapping of exactly that size; it
-        // outlives the VM (Vm drops its VmFd before its GuestMemory) and is
-        // not registered twice.
+        // outlives the VM (Vm drops its VmFd before its GuestMemory), stays
+        // at that address (GuestMemory only ever replaces it in place) and
+        // is not registered twice.
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
 
@@ -174,11 +165,6 @@ impl Vm {
                 source: None,
             });
         }
-        let sregs = vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
-        vcpu.set_sregs(&boot::initial_sregs(sregs, pml4))
-            .map_err(kvm_err("KVM_SET_SREGS"))?;
-        vcpu.set_regs(&boot::initial_regs(image.entry, layout.stack))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
 
         let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
         let interrupts = Interrupts::new(immediate_exit, limits.time_limit, limits.cancel_wait)?;
@@ -188,13 +174,76 @@ impl Vm {
             vcpu,
             vm,
             memory,
+            sizes: *sizes,
             layout,
-            symbolize: false,
+            embedded_guest: true,
             id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
+            backing: None,
             touched: PageSet::new(pages),
             since_base: PageSet::new(pages),
             base: None,
         })
+    }
+
+    /// Creates a VM running `image` (a test guest), stopped at its entry
+    /// point.
+    #[cfg(test)]
+    pub(crate) fn with_image(
+        sizes: &Sizes,
+        limits: CallLimits,
+        image: &GuestImage<'_>,
+    ) -> Result<Vm> {
+        let mut vm = Vm::new(sizes, limits)?;
+        vm.embedded_guest = false;
+        vm.boot(image)?;
+        Ok(vm)
+    }
+
+    /// Writes everything `image` needs into guest memory (page tables, GDT,
+    /// TSS, IDT, the image itself) and points the vCPU at its entry point,
+    /// in 64-bit mode at CPL3.
+    pub(crate) fn boot(&mut self, image: &GuestImage<'_>) -> Result<()> {
+        let pml4 =
+            boot::write_guest_memory(&mut self.memory, &self.layout, image).map_err(|e| {
+                Error::InvalidConfiguration {
+                    setting: "guest memory",
+                    value: self.layout.memory_size(),
+                    reason: format!("cannot be laid out: {e}"),
+                }
+            })?;
+        let kvm_err = |operation| move |source| Error::Kvm { operation, source };
+        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        self.vcpu
+            .set_sregs(&boot::initial_sregs(sregs, pml4))
+            .map_err(kvm_err("KVM_SET_SREGS"))?;
+        self.vcpu
+            .set_regs(&boot::initial_regs(image.entry, self.layout.stack))
+            .map_err(kvm_err("KVM_SET_REGS"))?;
+        Ok(())
+    }
+
+    /// [`Vm::boot`] with the embedded guest.
+    pub(crate) fn boot_embedded(&mut self) -> Result<()> {
+        let image = elf::embedded_guest().map_err(|e| Error::InvalidGuestImage {
+            message: e.to_string(),
+        })?;
+        self.boot(image)
+    }
+
+    /// The key under which the state this VM reaches after loading
+    /// `module` (`None`: after booting) can be shared with other VMs; `None`
+    /// for VMs that do not run the embedded guest.
+    pub(crate) fn image_key(&self, module: Option<[u8; 32]>) -> Option<ImageKey> {
+        self.embedded_guest.then_some(ImageKey {
+            sizes: self.sizes,
+            module,
+        })
+    }
+
+    /// Whether the VM runs the embedded guest, which [`Vm::boot_embedded`]
+    /// writes (other VMs were given their image at creation).
+    pub(crate) fn runs_embedded_guest(&self) -> bool {
+        self.embedded_guest
     }
 
     /// Completes the exit the vCPU is stopped at, without running guest
@@ -384,7 +433,10 @@ impl Vm {
             rip,
             fault_address,
             cause,
-            function: self.symbolize.then(|| elf::guest_symbol(rip)).flatten(),
+            function: self
+                .embedded_guest
+                .then(|| elf::guest_symbol(rip))
+                .flatten(),
         }))
     }
 

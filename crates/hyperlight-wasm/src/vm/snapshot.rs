@@ -1,47 +1,105 @@
-//! Snapshots of a VM (guest memory and vCPU state) and restoring them.
+//! Snapshots of a VM (guest memory and vCPU state), and putting a VM back to
+//! one.
 //!
-//! The host never trusts the guest to clean up after itself: it restores
-//! state from a snapshot it took, by copying memory back and setting every
-//! register the guest can change.
+//! A snapshot's memory is a sealed memfd: an immutable image that any number
+//! of VMs can map copy-on-write. The post-runtime and post-load states are
+//! snapshots shared by every sandbox of the same configuration (see
+//! [`super::images`]), so a new sandbox maps one instead of booting its guest
+//! or loading its module again, and only the pages it writes become its own.
 //!
-//! What to copy back: KVM's dirty log (enabled on the memory slot) records
-//! every page the guest wrote, the memory wrapper every page the host wrote.
-//! The VM tracks the snapshot its memory last matched (its *base*) and which
-//! pages changed since; restoring the base copies back only those pages, so
-//! the cost of a reset grows with the pages a call touched, not with the size
-//! of guest memory. Pages that were never written since the VM started are
-//! still zero and need no copy; a snapshot holds a copy of every other page.
+//! Two ways back to a snapshot, both done by the host without trusting the
+//! guest:
+//! - [`Vm::adopt`] maps the snapshot's image over guest memory: it copies
+//!   nothing and drops every private page (the guest pays a fault the next
+//!   time it touches one). Used to start from a shared image and to unload a
+//!   module.
+//! - [`Vm::restore`] copies back only the pages that can differ from the
+//!   snapshot and keeps them mapped. KVM's dirty log (enabled on the memory
+//!   slot) records every page the guest wrote, the memory wrapper every page
+//!   the host wrote. The VM tracks the snapshot its memory last matched (its
+//!   *base*) and which pages changed since, so the cost of a per-call reset
+//!   grows with the pages the call wrote, not with the size of guest memory.
 
-use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events};
 
 use super::Vm;
+use super::layout::Sizes;
 use super::memory::PAGE;
 use crate::error::{Error, Result};
 
 /// The state of a VM at one moment.
 #[derive(Debug)]
 pub(crate) struct Snapshot {
-    /// Which VM it belongs to.
-    vm_id: u64,
+    /// The VM whose private snapshot this is; `None` for a shared image,
+    /// which any VM with the same region sizes may use.
+    owner: Option<u64>,
     /// Unique, for telling snapshots apart.
     id: u64,
-    /// Every page that was not all zeros (or rather: ever written), by
-    /// page index.
-    pages: BTreeMap<usize, Box<[u8]>>,
+    /// The sealed memfd holding guest memory (holes read as zeros).
+    file: OwnedFd,
+    /// A read-only shared mapping of `file`, for copying pages back. Only
+    /// the pages in `pages` are ever read through it (reading a hole would
+    /// allocate a page in the image).
+    view: NonNull<u8>,
+    /// Bytes of guest memory (and of `file`).
+    size: usize,
+    /// The region sizes of the VM it was taken of: only a VM laid out the
+    /// same way can use it.
+    sizes: Sizes,
+    /// The pages `file` holds; every other page is zero.
+    pages: PageSet,
     regs: kvm_regs,
     sregs: kvm_sregs,
     fpu: kvm_fpu,
     events: kvm_vcpu_events,
 }
 
+// SAFETY: `view` maps a memfd sealed against writes (F_SEAL_WRITE), read-only:
+// nothing can change the bytes behind it, so sharing references to them
+// between threads is like sharing a `&[u8]`. The mapping lives as long as the
+// snapshot.
+unsafe impl Send for Snapshot {}
+// SAFETY: as for `Send`; the snapshot has no interior mutability.
+unsafe impl Sync for Snapshot {}
+
 impl Snapshot {
     /// Bytes of guest memory the snapshot holds.
     pub(crate) fn memory_bytes(&self) -> usize {
         self.pages.len() * PAGE
+    }
+
+    /// Unique among the process's snapshots.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The image, for mapping.
+    pub(crate) fn file(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+
+    /// The bytes of page `page`, or `None` if the snapshot has it as zeros.
+    fn page(&self, page: usize) -> Option<&[u8]> {
+        if !self.pages.contains(page) || (page + 1) * PAGE > self.size {
+            return None;
+        }
+        // SAFETY: the page lies inside the mapping (checked above), which is
+        // readable, immutable (sealed) and lives as long as `self`.
+        Some(unsafe { std::slice::from_raw_parts(self.view.as_ptr().add(page * PAGE), PAGE) })
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // SAFETY: `view` was mapped in `Vm::snapshot` with this size and is
+        // unmapped once, here; no slice of it outlives `self`.
+        let rc = unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+        debug_assert_eq!(rc, 0, "munmap of a snapshot view failed");
     }
 }
 
@@ -64,10 +122,18 @@ impl PageSet {
         }
     }
 
-    pub(crate) fn insert(&mut self, page: usize) {
-        if let Some(word) = self.words.get_mut(page / 64) {
-            *word |= 1 << (page % 64);
-        }
+    pub(crate) fn union(&mut self, other: &PageSet) {
+        self.union_words(&other.words);
+    }
+
+    pub(crate) fn contains(&self, page: usize) -> bool {
+        self.words
+            .get(page / 64)
+            .is_some_and(|word| word & (1 << (page % 64)) != 0)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.words.iter().map(|w| w.count_ones() as usize).sum()
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
@@ -91,18 +157,84 @@ impl PageSet {
 
 static NEXT_SNAPSHOT: AtomicU64 = AtomicU64::new(1);
 
+/// Whom a new snapshot is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sharing {
+    /// Only the VM it was taken of may go back to it (a user's snapshot).
+    Private,
+    /// Any VM with the same region sizes may start from it (an image of a
+    /// state every sandbox of a configuration reaches the same way).
+    Shared,
+}
+
+/// Wraps the last OS error.
+fn os_error(operation: &'static str) -> Error {
+    Error::Os {
+        operation,
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+/// Creates an empty memfd of `size` bytes that can be sealed.
+fn create_image_file(size: usize) -> Result<OwnedFd> {
+    // SAFETY: the name is a NUL-terminated string; the result is checked.
+    let fd = unsafe {
+        libc::memfd_create(
+            c"hyperlight-wasm-snapshot".as_ptr(),
+            libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING,
+        )
+    };
+    if fd < 0 {
+        return Err(os_error("create a snapshot image (memfd_create)"));
+    }
+    // SAFETY: `fd` is a new descriptor that nothing else owns.
+    let file = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(size).map_err(|_| Error::Os {
+        operation: "size a snapshot image",
+        source: std::io::Error::other("guest memory is larger than a file can be"),
+    })?;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::ftruncate(file.as_raw_fd(), len) } != 0 {
+        return Err(os_error("size a snapshot image (ftruncate)"));
+    }
+    Ok(file)
+}
+
+/// Seals `file` against every change and maps it read-only.
+fn seal_and_view(file: &OwnedFd, size: usize) -> Result<NonNull<u8>> {
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: plain syscall on a descriptor we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+        return Err(os_error("seal a snapshot image (F_ADD_SEALS)"));
+    }
+    // SAFETY: a new read-only shared mapping of our own file at an address
+    // the kernel picks; it aliases nothing we write, and the result is
+    // checked.
+    let view = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if view == libc::MAP_FAILED {
+        return Err(os_error("map a snapshot image"));
+    }
+    NonNull::new(view.cast::<u8>()).ok_or_else(|| Error::Os {
+        operation: "map a snapshot image",
+        source: std::io::Error::other("mmap returned a null mapping"),
+    })
+}
+
 impl Vm {
     /// Collects the pages written since the last collection (by the guest,
     /// from KVM's dirty log, and by the host) into `since_base` and
     /// `touched`.
     fn collect_dirty(&mut self) -> Result<()> {
-        let guest = self
-            .vm
-            .get_dirty_log(0, self.memory.size() as usize)
-            .map_err(|source| Error::Kvm {
-                operation: "KVM_GET_DIRTY_LOG",
-                source,
-            })?;
+        let guest = self.take_guest_dirty_log()?;
         let host = self.memory.take_host_dirty();
         for words in [&guest, &host] {
             self.since_base.union_words(words);
@@ -111,28 +243,45 @@ impl Vm {
         Ok(())
     }
 
+    fn take_guest_dirty_log(&mut self) -> Result<Vec<u64>> {
+        self.vm
+            .get_dirty_log(0, self.memory.size() as usize)
+            .map_err(|source| Error::Kvm {
+                operation: "KVM_GET_DIRTY_LOG",
+                source,
+            })
+    }
+
     /// Takes a snapshot of guest memory and the vCPU; the VM's memory matches
     /// it afterwards.
-    pub(crate) fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&mut self, sharing: Sharing) -> Result<Arc<Snapshot>> {
         // Snapshots are taken at an `out`: finish it first, so that the
         // saved RIP is past it on every KVM.
         self.complete_pending_exit()?;
         self.collect_dirty()?;
-        let mut pages = BTreeMap::new();
-        for page in self.touched.iter() {
-            let bytes = self
-                .memory
-                .read_vec((page * PAGE) as u64, PAGE)
-                .map_err(|e| Error::UnexpectedExit {
-                    exit: format!("snapshot of page {page}: {e}"),
-                    rip: 0,
-                })?;
-            pages.insert(page, bytes.into_boxed_slice());
+        // Memory is the image it was mapped from, plus the pages written
+        // since.
+        let mut pages = self.touched.clone();
+        if let Some(backing) = &self.backing {
+            pages.union(&backing.pages);
         }
+        let size = self.memory.size() as usize;
+        let file = create_image_file(size)?;
+        self.memory
+            .copy_pages_to(file.as_fd(), pages.iter())
+            .map_err(|source| Error::Os {
+                operation: "write a snapshot image",
+                source,
+            })?;
+        let view = seal_and_view(&file, size)?;
         let kvm = |operation| move |source| Error::Kvm { operation, source };
         let snapshot = Arc::new(Snapshot {
-            vm_id: self.id,
+            owner: (sharing == Sharing::Private).then_some(self.id),
             id: NEXT_SNAPSHOT.fetch_add(1, Ordering::Relaxed),
+            file,
+            view,
+            size,
+            sizes: self.sizes,
             pages,
             regs: self.vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
             sregs: self.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
@@ -147,25 +296,52 @@ impl Vm {
         Ok(snapshot)
     }
 
-    /// Puts guest memory and the vCPU back to `snapshot`, which must have
-    /// been taken of this VM.
-    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
-        if snapshot.vm_id != self.id {
+    /// Whether this VM may go back to `snapshot`.
+    fn check_compatible(&self, snapshot: &Snapshot) -> Result<()> {
+        let owner_ok = snapshot.owner.is_none_or(|owner| owner == self.id);
+        if !owner_ok || snapshot.sizes != self.sizes || snapshot.size as u64 != self.memory.size() {
             return Err(Error::SnapshotMismatch);
         }
+        Ok(())
+    }
+
+    /// Maps `snapshot`'s image over guest memory and sets the vCPU to its
+    /// state. Copies nothing: every page the VM had written is dropped, and
+    /// the guest sees the image again.
+    pub(crate) fn adopt(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+        self.check_compatible(snapshot)?;
+        // Forget what was written before: none of it is in memory any more.
+        self.take_guest_dirty_log()?;
+        self.memory.take_host_dirty();
+        self.memory.map_image(snapshot.file())?;
+        self.touched.clear();
+        self.since_base.clear();
+        self.backing = Some(Arc::clone(snapshot));
+        self.set_vcpu_state(snapshot)?;
+        self.base = Some(Arc::clone(snapshot));
+        Ok(())
+    }
+
+    /// Puts guest memory and the vCPU back to `snapshot`, copying back only
+    /// the pages that can differ from it.
+    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+        self.check_compatible(snapshot)?;
+        let Some(base) = self.base.clone() else {
+            // Memory never matched a snapshot: nothing tells which pages
+            // differ, so start over from the image.
+            return self.adopt(snapshot);
+        };
         self.collect_dirty()?;
         // Pages that can differ from `snapshot`: those written since the
         // base, and, if the base is another snapshot, every page either of
         // the two holds.
         let mut pages = std::mem::take(&mut self.since_base);
-        if let Some(base) = &self.base
-            && base.id != snapshot.id
-        {
-            base.pages.keys().for_each(|p| pages.insert(*p));
-            snapshot.pages.keys().for_each(|p| pages.insert(*p));
+        if base.id != snapshot.id {
+            pages.union(&base.pages);
+            pages.union(&snapshot.pages);
         }
         for page in pages.iter() {
-            let result = match snapshot.pages.get(&page) {
+            let result = match snapshot.page(page) {
                 Some(bytes) => self
                     .memory
                     .write_untracked((page * PAGE) as u64, bytes)
@@ -177,8 +353,17 @@ impl Vm {
                 rip: 0,
             })?;
         }
+        // Those pages now differ from the image memory was mapped from (a
+        // later snapshot must include them).
+        self.touched.union(&pages);
         pages.clear();
         self.since_base = pages;
+        self.set_vcpu_state(snapshot)?;
+        self.base = Some(Arc::clone(snapshot));
+        Ok(())
+    }
+
+    fn set_vcpu_state(&mut self, snapshot: &Snapshot) -> Result<()> {
         let kvm = |operation| move |source| Error::Kvm { operation, source };
         self.vcpu
             .set_regs(&snapshot.regs)
@@ -192,7 +377,6 @@ impl Vm {
         self.vcpu
             .set_vcpu_events(&snapshot.events)
             .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
-        self.base = Some(Arc::clone(snapshot));
         Ok(())
     }
 }

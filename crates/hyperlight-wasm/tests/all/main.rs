@@ -8,6 +8,7 @@ mod execution;
 #[path = "../../fixtures/fixtures.rs"]
 mod fixtures;
 mod host_functions;
+mod images;
 mod lifecycle;
 mod samples;
 mod strings;
