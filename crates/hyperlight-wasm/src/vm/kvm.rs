@@ -13,6 +13,9 @@ use crate::error::{Error, Result};
 pub(crate) struct KvmHandle {
     pub kvm: Kvm,
     pub cpuid: CpuId,
+    /// Whether KVM takes vCPU registers through the `kvm_run` page
+    /// (`KVM_CAP_SYNC_REGS`), which saves an ioctl for each register set.
+    pub sync_regs: bool,
 }
 
 /// Capabilities the VMM relies on.
@@ -55,7 +58,12 @@ fn open() -> Result<KvmHandle> {
             operation: "KVM_GET_SUPPORTED_CPUID",
             source,
         })?;
-    Ok(KvmHandle { kvm, cpuid })
+    let sync_regs = kvm.check_extension(Cap::SyncRegs);
+    Ok(KvmHandle {
+        kvm,
+        cpuid,
+        sync_regs,
+    })
 }
 
 /// Whether this process can create sandboxes: `/dev/kvm` opens and offers

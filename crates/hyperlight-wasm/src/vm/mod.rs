@@ -106,6 +106,8 @@ pub(crate) struct Vm {
     embedded_guest: bool,
     /// Identifies the VM (snapshots belong to one).
     id: u64,
+    /// Whether snapshots set registers through the `kvm_run` page.
+    sync_regs: bool,
     /// The image guest memory is mapped from (`None`: anonymous memory that
     /// started all zeros).
     backing: Option<Arc<Snapshot>>,
@@ -178,6 +180,7 @@ impl Vm {
             layout,
             embedded_guest: true,
             id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
+            sync_regs: handle.sync_regs,
             backing: None,
             touched: PageSet::new(pages),
             since_base: PageSet::new(pages),
@@ -250,12 +253,16 @@ impl Vm {
     /// code: KVM finishes an `out` (moves RIP past it) only when `KVM_RUN`
     /// is entered again, and guest state is consistent only after that.
     /// Entering with `immediate_exit` set does exactly that and returns.
+    /// Registers set through the `kvm_run` page are applied by that entry
+    /// too.
     pub(crate) fn complete_pending_exit(&mut self) -> Result<()> {
         self.interrupts.set_immediate_exit(true);
         let result = self.vcpu.run().map(|exit| format!("{exit:?}"));
         self.interrupts.set_immediate_exit(false);
         match result {
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => Ok(()),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.apply_pending_registers()
+            }
             Err(source) => Err(Error::Kvm {
                 operation: "KVM_RUN (completing the last exit)",
                 source,
