@@ -1,7 +1,9 @@
 //! The limits table: each figure of issue 7's targets, its median, the limit
-//! it is held against (measured in this same process, or a fixed budget),
-//! and the ratio. Run with `cargo bench -p hyperlight-wasm --bench limits`;
-//! the table it prints goes into BENCHMARKS.md.
+//! it is held against, and the ratio. Limits are measured in this same
+//! process, each in alternation with its figure (this machine's speed drifts
+//! by tens of percent over a minute), or are fixed budgets. Run with
+//! `cargo bench -p hyperlight-wasm --bench limits`; the table it prints goes
+//! into BENCHMARKS.md.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -32,24 +34,38 @@ fn loaded(persistent: bool) -> LoadedWasmSandbox {
         .expect("a loaded sandbox")
 }
 
-/// The median of `samples` timings of `run`, each after an untimed `setup`.
-fn median<S, T>(
-    samples: usize,
-    mut setup: impl FnMut() -> S,
-    mut run: impl FnMut(S) -> T,
-) -> Duration {
-    let mut times: Vec<Duration> = (0..samples)
-        .map(|_| {
-            let input = setup();
-            let start = Instant::now();
-            let output = run(input);
-            let elapsed = start.elapsed();
-            drop(black_box(output));
-            elapsed
-        })
-        .collect();
+/// Times one run of `run` (dropping its result outside the timing).
+fn time<T>(run: impl FnOnce() -> T) -> Duration {
+    let start = Instant::now();
+    let output = run();
+    let elapsed = start.elapsed();
+    drop(black_box(output));
+    elapsed
+}
+
+fn median_of(mut times: Vec<Duration>) -> Duration {
     times.sort();
     times[times.len() / 2]
+}
+
+/// The medians of `samples` timings of `a` and of `b`, taken in
+/// alternation.
+fn paired(
+    samples: usize,
+    mut a: impl FnMut() -> Duration,
+    mut b: impl FnMut() -> Duration,
+) -> (Duration, Duration) {
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    for _ in 0..samples {
+        first.push(a());
+        second.push(b());
+    }
+    (median_of(first), median_of(second))
+}
+
+/// The median of `samples` timings of `run`.
+fn median(samples: usize, mut run: impl FnMut() -> Duration) -> Duration {
+    median_of((0..samples).map(|_| run()).collect())
 }
 
 /// Private memory of this process (kB, from /proc/self/smaps_rollup).
@@ -67,7 +83,8 @@ struct Row {
     value: f64,
     limit_name: &'static str,
     limit: f64,
-    target: f64,
+    /// The target ratio, if the figure has one.
+    target: Option<f64>,
     unit: &'static str,
 }
 
@@ -75,55 +92,69 @@ fn us(d: Duration) -> f64 {
     d.as_secs_f64() * 1e6
 }
 
-fn main() {
-    // Criterion-style arguments (`--bench`) are ignored.
-    let mut rows = Vec::new();
+fn row(figure: &'static str, value: Duration, limit_name: &'static str, limit: Duration) -> Row {
+    Row {
+        figure,
+        value: us(value),
+        limit_name,
+        limit: us(limit),
+        target: None,
+        unit: "µs",
+    }
+}
 
-    // Warm up: the first sandbox boots the guest and loads the module, and
-    // takes the shared images every later one starts from.
+fn main() {
+    // Arguments (cargo bench passes `--bench`) are ignored.
+
+    // The first sandbox boots the guest and loads the module, and takes the
+    // shared images every later one starts from.
     drop(loaded(false));
     wait_for_teardown();
 
-    let raw_vm = median(200, || (), |()| RawVm::new().expect("raw VM"));
-    wait_for_teardown();
-    let mut exit_loop = RawExitLoop::new().expect("raw exit loop");
-    exit_loop.round_trip().expect("first exit");
-    let raw_exit = median(2000, || (), |()| exit_loop.round_trip().expect("exit"));
-    drop(exit_loop);
-
-    let build = median(200, || (), |()| builder().build().expect("build"));
-    wait_for_teardown();
-    let load_runtime = median(
+    let after_teardown = |d: Duration| {
+        wait_for_teardown();
+        d
+    };
+    let (raw_vm, build) = paired(
         200,
-        || builder().build().expect("build"),
-        |p| p.load_runtime().expect("load_runtime"),
+        || after_teardown(time(|| RawVm::new().expect("raw VM"))),
+        || after_teardown(time(|| builder().build().expect("build"))),
     );
-    wait_for_teardown();
-    let load_module = median(
+    let (raw_vm_2, load_runtime) = paired(
         200,
+        || after_teardown(time(|| RawVm::new().expect("raw VM"))),
         || {
-            builder()
+            let proto = builder().build().expect("build");
+            after_teardown(time(|| proto.load_runtime().expect("load_runtime")))
+        },
+    );
+    let (raw_vm_3, load_module) = paired(
+        200,
+        || after_teardown(time(|| RawVm::new().expect("raw VM"))),
+        || {
+            let wasm = builder()
                 .build()
                 .and_then(|p| p.load_runtime())
-                .expect("runtime")
+                .expect("runtime");
+            after_teardown(time(|| {
+                wasm.load_module_from_buffer(MODULE.as_bytes())
+                    .expect("load")
+            }))
         },
-        |w| w.load_module_from_buffer(MODULE.as_bytes()).expect("load"),
     );
-    wait_for_teardown();
-    let chain = median(200, || (), |()| loaded(false));
-    wait_for_teardown();
-    let drop_time = median(
+    let (raw_vm_4, chain) = paired(
         200,
-        || {
-            wait_for_teardown();
-            let mut sb = loaded(false);
-            sb.call_guest_function::<i32>("add", (1, 2)).expect("add");
-            sb
-        },
-        drop,
+        || after_teardown(time(|| RawVm::new().expect("raw VM"))),
+        || after_teardown(time(|| loaded(false))),
     );
-    wait_for_teardown();
+    let drop_time = median(200, || {
+        let mut sb = loaded(false);
+        sb.call_guest_function::<i32>("add", (1, 2)).expect("add");
+        after_teardown(time(|| drop(sb)))
+    });
 
+    let mut exit_loop = RawExitLoop::new().expect("raw exit loop");
+    exit_loop.round_trip().expect("first exit");
     let mut fresh = loaded(false);
     let mut kept = loaded(true);
     for sb in [&mut fresh, &mut kept] {
@@ -131,32 +162,23 @@ fn main() {
             sb.call_guest_function::<i32>("add", (1, 2)).expect("add");
         }
     }
-    let call_fresh = median(
-        2000,
-        || (),
-        |()| {
-            fresh
-                .call_guest_function::<i32>("add", (black_box(1), 2))
+    let call = |sb: &mut LoadedWasmSandbox| {
+        time(|| {
+            sb.call_guest_function::<i32>("add", (black_box(1), 2))
                 .expect("add")
-        },
+        })
+    };
+    let (raw_exit, call_fresh) = paired(
+        3000,
+        || time(|| exit_loop.round_trip().expect("exit")),
+        || call(&mut fresh),
     );
-    let call_kept = median(
-        2000,
-        || (),
-        |()| {
-            kept.call_guest_function::<i32>("add", (black_box(1), 2))
-                .expect("add")
-        },
+    let (raw_exit_2, call_kept) = paired(
+        3000,
+        || time(|| exit_loop.round_trip().expect("exit")),
+        || call(&mut kept),
     );
-    let fib_sandbox = median(
-        21,
-        || (),
-        |()| {
-            kept.call_guest_function::<i32>("fib", black_box(30))
-                .expect("fib")
-        },
-    );
-    drop((fresh, kept));
+    drop((fresh, exit_loop));
 
     let engine = wasmtime::Engine::default();
     let module = wasmtime::Module::new(&engine, MODULE).expect("compile");
@@ -165,13 +187,19 @@ fn main() {
     let fib = instance
         .get_typed_func::<i32, i32>(&mut store, "fib")
         .expect("fib");
-    let fib_wasmtime = median(
+    let (fib_wasmtime, fib_sandbox) = paired(
         21,
-        || (),
-        |()| fib.call(&mut store, black_box(30)).expect("fib"),
+        || time(|| fib.call(&mut store, black_box(30)).expect("fib")),
+        || {
+            time(|| {
+                kept.call_guest_function::<i32>("fib", black_box(30))
+                    .expect("fib")
+            })
+        },
     );
-
+    drop(kept);
     wait_for_teardown();
+
     let before = private_kib();
     let alive: Vec<LoadedWasmSandbox> = (0..100)
         .map(|_| {
@@ -184,93 +212,80 @@ fn main() {
     drop(alive);
     wait_for_teardown();
 
-    let raw_vm_us = us(raw_vm);
-    let raw_exit_us = us(raw_exit);
-    rows.push(Row {
-        figure: "build()",
-        value: us(build),
-        limit_name: "raw VM + vCPU + slot",
-        limit: raw_vm_us,
-        target: 0.0,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "load_runtime()",
-        value: us(load_runtime),
-        limit_name: "raw VM + vCPU + slot",
-        limit: raw_vm_us,
-        target: 0.0,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "load_module() of a known module",
-        value: us(load_module),
-        limit_name: "raw VM + vCPU + slot",
-        limit: raw_vm_us,
-        target: 0.0,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "ready sandbox, known module (build + load_runtime + load_module)",
-        value: us(chain),
-        limit_name: "raw VM + vCPU + slot",
-        limit: raw_vm_us,
-        target: 2.0,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "drop, on the caller's thread",
-        value: us(drop_time),
-        limit_name: "budget",
-        limit: 50.0,
-        target: 1.0,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "trivial call, fresh state per call (reset included)",
-        value: us(call_fresh),
-        limit_name: "raw exit round trip",
-        limit: raw_exit_us,
-        target: 1.5,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "trivial call, persistent state",
-        value: us(call_kept),
-        limit_name: "raw exit round trip",
-        limit: raw_exit_us,
-        target: 1.2,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "fib(30) in the sandbox",
-        value: us(fib_sandbox),
-        limit_name: "wasmtime in-process",
-        limit: us(fib_wasmtime),
-        target: 1.1,
-        unit: "µs",
-    });
-    rows.push(Row {
-        figure: "private memory per loaded sandbox (100 alive)",
-        value: per_sandbox_kib,
-        limit_name: "budget",
-        limit: 1024.0,
-        target: 1.0,
-        unit: "KiB",
-    });
+    let raw = "raw VM + vCPU + slot";
+    let exit = "raw exit round trip";
+    let rows = [
+        row("build()", build, raw, raw_vm),
+        row("load_runtime()", load_runtime, raw, raw_vm_2),
+        row(
+            "load_module() of a known module",
+            load_module,
+            raw,
+            raw_vm_3,
+        ),
+        Row {
+            target: Some(2.0),
+            ..row(
+                "ready sandbox, known module (build + load_runtime + load_module)",
+                chain,
+                raw,
+                raw_vm_4,
+            )
+        },
+        Row {
+            target: Some(1.0),
+            ..row(
+                "drop, on the caller's thread",
+                drop_time,
+                "budget",
+                Duration::from_micros(50),
+            )
+        },
+        Row {
+            target: Some(1.5),
+            ..row(
+                "trivial call, fresh state per call (reset included)",
+                call_fresh,
+                exit,
+                raw_exit,
+            )
+        },
+        Row {
+            target: Some(1.2),
+            ..row(
+                "trivial call, persistent state",
+                call_kept,
+                exit,
+                raw_exit_2,
+            )
+        },
+        Row {
+            target: Some(1.1),
+            ..row(
+                "fib(30) in the sandbox",
+                fib_sandbox,
+                "wasmtime in-process",
+                fib_wasmtime,
+            )
+        },
+        Row {
+            figure: "private memory per loaded sandbox (100 alive, one call each)",
+            value: per_sandbox_kib,
+            limit_name: "budget",
+            limit: 1024.0,
+            target: Some(1.0),
+            unit: "KiB",
+        },
+    ];
 
-    println!(
-        "raw VM + vCPU + slot creation: {raw_vm_us:.1} µs (median); raw exit round trip: {raw_exit_us:.1} µs (median)\n"
-    );
-    println!("| figure | median | limit | ratio | target |");
+    println!("| figure | median | limit (median) | ratio | target |");
     println!("|---|---|---|---|---|");
     for row in rows {
         let ratio = row.value / row.limit;
-        let target = if row.target > 0.0 {
-            let verdict = if ratio <= row.target { "met" } else { "missed" };
-            format!("≤ {:.1} × ({verdict})", row.target)
-        } else {
-            String::from("-")
+        let target = match row.target {
+            Some(t) if ratio <= t => format!("≤ {t:.1} × (met)"),
+            Some(t) => format!("≤ {t:.1} × (missed)"),
+            None => String::from("-"),
         };
         println!(
             "| {} | {:.1} {} | {}: {:.1} {} | {:.2} × | {} |",

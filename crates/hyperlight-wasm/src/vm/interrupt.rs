@@ -300,9 +300,21 @@ fn install_signal_handler() -> Result<()> {
 /// shared state and generation.
 type Deadlines = BTreeMap<(Instant, u64), (Weak<Shared>, u64)>;
 
+/// What the watchdog thread knows.
+#[derive(Default)]
+struct WatchdogState {
+    deadlines: Deadlines,
+    /// When the thread wakes up next by itself (`None`: only when told).
+    /// A call whose deadline is not earlier does not wake it: it checks
+    /// then, and sleeps until the earliest deadline left. So a sandbox
+    /// making call after call wakes it about once per time limit, not
+    /// once per call.
+    wakes_at: Option<Instant>,
+}
+
 /// The process-wide watchdog: deadlines of the running calls.
 struct Watchdog {
-    deadlines: Mutex<Deadlines>,
+    state: Mutex<WatchdogState>,
     changed: Condvar,
     next_id: AtomicU64,
     started: AtomicBool,
@@ -311,7 +323,7 @@ struct Watchdog {
 fn watchdog() -> &'static Watchdog {
     static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
     let watchdog = WATCHDOG.get_or_init(|| Watchdog {
-        deadlines: Mutex::new(BTreeMap::new()),
+        state: Mutex::new(WatchdogState::default()),
         changed: Condvar::new(),
         next_id: AtomicU64::new(0),
         started: AtomicBool::new(false),
@@ -328,55 +340,56 @@ fn watchdog() -> &'static Watchdog {
 }
 
 impl Watchdog {
-    fn lock(&self) -> MutexGuard<'_, Deadlines> {
-        self.deadlines.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, WatchdogState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn arm(&self, deadline: Instant, shared: Weak<Shared>, generation: u64) -> u64 {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut deadlines = self.lock();
-        let earliest = deadlines.keys().next().is_none_or(|(d, _)| deadline < *d);
-        deadlines.insert((deadline, id), (shared, generation));
-        drop(deadlines);
-        if earliest {
+        let mut state = self.lock();
+        state.deadlines.insert((deadline, id), (shared, generation));
+        let wake = state.wakes_at.is_none_or(|wakes_at| deadline < wakes_at);
+        if wake {
+            // Not notified twice for the same change.
+            state.wakes_at = Some(deadline);
+        }
+        drop(state);
+        if wake {
             self.changed.notify_one();
         }
         id
     }
 
     fn disarm(&self, deadline: Instant, id: u64) {
-        self.lock().remove(&(deadline, id));
+        self.lock().deadlines.remove(&(deadline, id));
     }
 
     fn run(&self) {
-        let mut deadlines = self.lock();
+        let mut state = self.lock();
         loop {
             let now = Instant::now();
-            let expired: Vec<_> = deadlines
+            let expired: Vec<_> = state
+                .deadlines
                 .range(..=(now, u64::MAX))
                 .map(|(key, _)| *key)
                 .collect();
             for key in expired {
-                if let Some((shared, generation)) = deadlines.remove(&key)
+                if let Some((shared, generation)) = state.deadlines.remove(&key)
                     && let Some(shared) = shared.upgrade()
                 {
                     shared.request_cancel(TIMED_OUT, Some(generation));
                 }
             }
-            let wait = deadlines
-                .keys()
-                .next()
-                .map(|(deadline, _)| deadline.saturating_duration_since(Instant::now()));
-            deadlines = match wait {
+            let next = state.deadlines.keys().next().map(|(deadline, _)| *deadline);
+            state.wakes_at = next;
+            let wait = next.map(|deadline| deadline.saturating_duration_since(Instant::now()));
+            state = match wait {
                 Some(wait) => self
                     .changed
-                    .wait_timeout(deadlines, wait)
+                    .wait_timeout(state, wait)
                     .map(|(guard, _)| guard)
                     .unwrap_or_else(|e| e.into_inner().0),
-                None => self
-                    .changed
-                    .wait(deadlines)
-                    .unwrap_or_else(|e| e.into_inner()),
+                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             };
         }
     }

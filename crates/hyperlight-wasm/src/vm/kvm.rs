@@ -16,6 +16,9 @@ pub(crate) struct KvmHandle {
     /// Whether KVM takes vCPU registers through the `kvm_run` page
     /// (`KVM_CAP_SYNC_REGS`), which saves an ioctl for each register set.
     pub sync_regs: bool,
+    /// Whether KVM write-protects pages for the dirty log only when asked
+    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`).
+    pub manual_dirty_log_protect: bool,
 }
 
 /// Capabilities the VMM relies on.
@@ -59,10 +62,16 @@ fn open() -> Result<KvmHandle> {
             source,
         })?;
     let sync_regs = kvm.check_extension(Cap::SyncRegs);
+    let manual = kvm.check_extension_raw(libc::c_ulong::from(
+        kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+    ));
+    let manual_dirty_log_protect =
+        manual > 0 && manual as u32 & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0;
     Ok(KvmHandle {
         kvm,
         cpuid,
         sync_regs,
+        manual_dirty_log_protect,
     })
 }
 

@@ -28,7 +28,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyperlight_wasm_protocol::port::Port;
-use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_msr_entry, kvm_userspace_memory_region};
+use kvm_bindings::{
+    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use self::boot::EXCEPTION_VECTORS;
@@ -108,6 +111,14 @@ pub(crate) struct Vm {
     id: u64,
     /// Whether snapshots set registers through the `kvm_run` page.
     sync_regs: bool,
+    /// Whether KVM write-protects pages for the dirty log only when asked
+    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), which lets hot pages stay
+    /// writable (see [`snapshot`]).
+    manual_protect: bool,
+    /// Pages left writable and reported dirty on every read of the log: a
+    /// reset copies them back every time instead of the guest faulting on
+    /// them every call. At most [`snapshot::MAX_HOT_PAGES`].
+    hot: PageSet,
     /// The image guest memory is mapped from (`None`: anonymous memory that
     /// started all zeros).
     backing: Option<Arc<Snapshot>>,
@@ -133,6 +144,16 @@ impl Vm {
         let vm = create_vm(&handle.kvm)?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
             .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+        // Before the memory slot exists. Without it, every read of the
+        // dirty log write-protects every page it reports.
+        let manual_protect = handle.manual_dirty_log_protect
+            && vm
+                .enable_cap(&kvm_enable_cap {
+                    cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                    args: [u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE), 0, 0, 0],
+                    ..Default::default()
+                })
+                .is_ok();
         let region = kvm_userspace_memory_region {
             slot: 0,
             guest_phys_addr: 0,
@@ -181,6 +202,8 @@ impl Vm {
             embedded_guest: true,
             id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
             sync_regs: handle.sync_regs,
+            manual_protect,
+            hot: PageSet::new(pages),
             backing: None,
             touched: PageSet::new(pages),
             since_base: PageSet::new(pages),

@@ -103,6 +103,45 @@ fn an_infinite_loop_is_stopped_by_the_time_limit_every_time() {
 }
 
 #[test]
+fn a_short_time_limit_holds_while_a_long_one_is_armed() {
+    // The watchdog sleeps until the earliest deadline it knows; a call with
+    // a later one must not delay it, and one with an earlier one must wake
+    // it.
+    let (mut long, channels) =
+        sandbox(SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(600_000));
+    let (mut short, _) =
+        sandbox(SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(20));
+    let (done, finished) = mpsc::channel();
+    let killer = long.interrupt_handle();
+    let spinner = thread::spawn(move || {
+        let result = long.call_guest_function::<()>("spin_after_host", ());
+        let _ = done.send(());
+        (result, long)
+    });
+    // The long call is running (its deadline armed) from here on.
+    channels.started.recv().unwrap();
+    for _ in 0..20 {
+        assert!(matches!(
+            short.call_guest_function::<()>("spin", ()),
+            Err(Error::ExecutionCancelledByHost {
+                reason: CancelReason::TimeLimit(_)
+            })
+        ));
+    }
+    // The long call is still running: only its time limit could end it.
+    assert!(finished.try_recv().is_err());
+    killer.kill();
+    let (result, mut long) = spinner.join().unwrap();
+    assert!(matches!(
+        result,
+        Err(Error::ExecutionCancelledByHost {
+            reason: CancelReason::Killed
+        })
+    ));
+    still_works(&mut long);
+}
+
+#[test]
 fn kill_stops_an_infinite_loop_from_another_thread_every_time() {
     let builder = SandboxBuilder::new().with_guest_function_call_max_execution_time_millis(60_000);
     let (mut sb, channels) = sandbox(builder);
