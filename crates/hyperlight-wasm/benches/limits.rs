@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use hyperlight_wasm::__limits::{RawExitLoop, RawVm};
+use hyperlight_wasm::__limits::{RawExitLoop, RawSpinLoop, RawVm};
 use hyperlight_wasm::{LoadedWasmSandbox, SandboxBuilder, wait_for_teardown};
 
 /// A small module: a trivial export and fib.
@@ -180,6 +180,18 @@ fn main() {
     );
     drop((fresh, exit_loop));
 
+    // The exit-less alternative: guest and host meeting in shared memory,
+    // with the guest's vCPU spinning on a thread of its own.
+    let mut exit_loop = RawExitLoop::new().expect("raw exit loop");
+    let mut spin_loop = RawSpinLoop::new().expect("raw spin loop");
+    spin_loop.round_trip().expect("first round trip");
+    let (raw_exit_3, spin) = paired(
+        3000,
+        || time(|| exit_loop.round_trip().expect("exit")),
+        || time(|| spin_loop.round_trip().expect("spin")),
+    );
+    drop((spin_loop, exit_loop));
+
     let engine = wasmtime::Engine::default();
     let module = wasmtime::Module::new(&engine, MODULE).expect("compile");
     let mut store = wasmtime::Store::new(&engine, ());
@@ -259,6 +271,12 @@ fn main() {
                 raw_exit_2,
             )
         },
+        row(
+            "exit-less round trip through shared memory (guest spinning; not used)",
+            spin,
+            exit,
+            raw_exit_3,
+        ),
         Row {
             target: Some(1.1),
             ..row(

@@ -753,6 +753,37 @@ mod tests {
     use crate::{LoadedWasmSandbox, SandboxBuilder};
 
     #[test]
+    fn a_call_costs_one_exit_plus_one_per_host_call() {
+        for persistent in [false, true] {
+            let mut proto = SandboxBuilder::new()
+                .with_persistent_state(persistent)
+                .build()
+                .unwrap();
+            proto.register("inc", |x: i32| x + 1).unwrap();
+            let mut sb = proto
+                .load_runtime()
+                .unwrap()
+                .load_module_from_buffer(
+                    br#"(module (import "env" "inc" (func $inc (param i32) (result i32)))
+                    (func (export "add") (param i32 i32) (result i32)
+                        (i32.add (local.get 0) (local.get 1)))
+                    (func (export "inc_twice") (param i32) (result i32)
+                        (call $inc (call $inc (local.get 0)))))"#,
+                )
+                .unwrap();
+            for _ in 0..3 {
+                let before = sb.guest().vm.entries();
+                assert_eq!(sb.call_guest_function::<i32>("add", (1, 2)).unwrap(), 3);
+                let after_add = sb.guest().vm.entries();
+                assert_eq!(sb.call_guest_function::<i32>("inc_twice", 1).unwrap(), 3);
+                let after_inc = sb.guest().vm.entries();
+                assert_eq!(after_add - before, 1, "persistent: {persistent}");
+                assert_eq!(after_inc - after_add, 3, "persistent: {persistent}");
+            }
+        }
+    }
+
+    #[test]
     fn sandboxes_of_one_configuration_share_their_images() {
         let load = |module: &str| -> LoadedWasmSandbox {
             let mut proto = SandboxBuilder::new().build().unwrap();

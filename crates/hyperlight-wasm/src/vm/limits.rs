@@ -119,3 +119,156 @@ impl RawExitLoop {
         }
     }
 }
+
+/// A CPL3 guest that never exits while it waits: its vCPU runs on a thread
+/// of its own, spinning on a request word in guest memory, and answers each
+/// request by writing it back to the next word. The host side of an
+/// exit-less call path, measured: no VM exit per round trip, but a host core
+/// spent on the spinning vCPU for as long as the loop exists.
+#[derive(Debug)]
+pub struct RawSpinLoop {
+    /// Host address of the request word (the answer is the next word).
+    request: *mut u64,
+    sequence: u64,
+    stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    vcpu: Option<std::thread::JoinHandle<Result<()>>>,
+}
+
+// SAFETY: `request` points into guest memory owned by the vCPU thread, which
+// lives until `drop` has joined it; it is only accessed atomically.
+unsafe impl Send for RawSpinLoop {}
+
+/// Value of the request word that makes the guest stop.
+const STOP: u64 = u64::MAX;
+
+impl RawSpinLoop {
+    /// Boots the guest on its own thread.
+    ///
+    /// # Errors
+    ///
+    /// When KVM or the OS refuse.
+    pub fn new() -> Result<RawSpinLoop> {
+        let sizes = default_sizes();
+        let layout = Layout::new(&sizes)?;
+        let request = layout.heap.addr;
+        // rdi = request; loop: rax = [rdi]; if rax == rbx goto loop;
+        // if rax == STOP goto out; rbx = rax; [rdi + 8] = rax; goto loop;
+        // out: out Done.
+        let mut code = vec![0x48, 0xbf];
+        code.extend_from_slice(&request.to_le_bytes()); // mov rdi, request
+        code.extend_from_slice(&[
+            0x48,
+            0x8b,
+            0x07, // 10: mov rax, [rdi]
+            0x48,
+            0x39,
+            0xd8, // 13: cmp rax, rbx
+            0x74,
+            0xf8, // 16: je 10
+            0x48,
+            0x83,
+            0xf8,
+            0xff, // 18: cmp rax, -1
+            0x74,
+            0x09, // 22: je 33
+            0x48,
+            0x89,
+            0xc3, // 24: mov rbx, rax
+            0x48,
+            0x89,
+            0x47,
+            0x08, // 27: mov [rdi + 8], rax
+            0xeb,
+            0xe9, // 31: jmp 10
+            0xe6,
+            Port::Done as u8, // 33: out Done, al
+        ]);
+        let image = GuestImage {
+            entry: IMAGE_BASE,
+            segments: vec![Segment {
+                addr: IMAGE_BASE,
+                data: &code,
+                mem_size: 0x1000,
+                writable: false,
+                executable: true,
+            }],
+        };
+        let limits = CallLimits {
+            time_limit: std::time::Duration::from_secs(3600),
+            ..CallLimits::default()
+        };
+        let mut vm = Vm::new(&sizes, limits)?;
+        vm.embedded_guest = false;
+        vm.boot(&image)?;
+        let host = vm.memory.host_address() + request;
+        let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::clone(&stopped);
+        let vcpu = std::thread::Builder::new()
+            .name(String::from("raw-spin-vcpu"))
+            .spawn(move || {
+                let result = match vm.vcpu.run() {
+                    Ok(VcpuExit::IoOut(port, _)) if port == Port::Done as u16 => Ok(()),
+                    Ok(other) => Err(Error::UnexpectedExit {
+                        exit: format!("{other:?}"),
+                        rip: 0,
+                    }),
+                    Err(source) => Err(Error::Kvm {
+                        operation: "KVM_RUN",
+                        source,
+                    }),
+                };
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+                drop(vm);
+                result
+            })
+            .map_err(|e| Error::Os {
+                operation: "spawn the vCPU thread",
+                source: e,
+            })?;
+        Ok(RawSpinLoop {
+            request: host as *mut u64,
+            sequence: 0,
+            stopped,
+            vcpu: Some(vcpu),
+        })
+    }
+
+    fn word(&self, index: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: `request` and the word after it lie in guest memory, which
+        // is mapped, 8-byte aligned and alive until the vCPU thread ends (it
+        // is joined in `drop`); the guest only touches them with aligned
+        // 8-byte accesses.
+        unsafe { std::sync::atomic::AtomicU64::from_ptr(self.request.add(index)) }
+    }
+
+    /// Sends one request and waits for its answer, spinning.
+    ///
+    /// # Errors
+    ///
+    /// When the guest stopped.
+    pub fn round_trip(&mut self) -> Result<()> {
+        use std::sync::atomic::Ordering;
+        self.sequence += 1;
+        self.word(0).store(self.sequence, Ordering::SeqCst);
+        while self.word(1).load(Ordering::SeqCst) != self.sequence {
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(Error::UnexpectedExit {
+                    exit: String::from("the spinning guest stopped"),
+                    rip: 0,
+                });
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for RawSpinLoop {
+    fn drop(&mut self) {
+        self.word(0)
+            .store(STOP, std::sync::atomic::Ordering::SeqCst);
+        if let Some(vcpu) = self.vcpu.take() {
+            let _ = vcpu.join();
+        }
+    }
+}

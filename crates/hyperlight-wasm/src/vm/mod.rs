@@ -115,6 +115,9 @@ pub(crate) struct Vm {
     /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), which lets hot pages stay
     /// writable (see [`snapshot`]).
     manual_protect: bool,
+    /// Guest entries (`KVM_RUN`s) that ran guest code, for tests that count
+    /// exits.
+    entries: u64,
     /// Pages left writable and reported dirty on every read of the log: a
     /// reset copies them back every time instead of the guest faulting on
     /// them every call. At most [`snapshot::MAX_HOT_PAGES`].
@@ -203,6 +206,7 @@ impl Vm {
             id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
             sync_regs: handle.sync_regs,
             manual_protect,
+            entries: 0,
             hot: PageSet::new(pages),
             backing: None,
             touched: PageSet::new(pages),
@@ -264,6 +268,12 @@ impl Vm {
             sizes: self.sizes,
             module,
         })
+    }
+
+    /// Guest entries so far (each ends in one exit).
+    #[cfg(test)]
+    pub(crate) fn entries(&self) -> u64 {
+        self.entries
     }
 
     /// Whether the VM runs the embedded guest, which [`Vm::boot_embedded`]
@@ -334,6 +344,7 @@ impl Vm {
         let exit = loop {
             self.interrupts.check()?;
             self.interrupts.set_in_guest(true);
+            self.entries += 1;
             let result = self.vcpu.run();
             self.interrupts.set_in_guest(false);
             match result {
