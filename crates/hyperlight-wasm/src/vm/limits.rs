@@ -131,11 +131,14 @@ pub struct RawSpinLoop {
     request: *mut u64,
     sequence: u64,
     stopped: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    vcpu: Option<std::thread::JoinHandle<Result<()>>>,
+    /// The vCPU thread; it hands the VM (and so guest memory) back when it
+    /// ends, and `drop` joins it before dropping the VM.
+    vcpu: Option<std::thread::JoinHandle<(Result<()>, Vm)>>,
 }
 
-// SAFETY: `request` points into guest memory owned by the vCPU thread, which
-// lives until `drop` has joined it; it is only accessed atomically.
+// SAFETY: `request` points into guest memory of the VM the vCPU thread owns
+// and returns when it ends: the memory stays mapped until `drop` has joined
+// the thread. It is only accessed atomically.
 unsafe impl Send for RawSpinLoop {}
 
 /// Value of the request word that makes the guest stop.
@@ -206,20 +209,27 @@ impl RawSpinLoop {
         let vcpu = std::thread::Builder::new()
             .name(String::from("raw-spin-vcpu"))
             .spawn(move || {
-                let result = match vm.vcpu.run() {
-                    Ok(VcpuExit::IoOut(port, _)) if port == Port::Done as u16 => Ok(()),
-                    Ok(other) => Err(Error::UnexpectedExit {
-                        exit: format!("{other:?}"),
-                        rip: 0,
-                    }),
-                    Err(source) => Err(Error::Kvm {
-                        operation: "KVM_RUN",
-                        source,
-                    }),
+                let result = loop {
+                    match vm.vcpu.run() {
+                        Ok(VcpuExit::IoOut(port, _)) if port == Port::Done as u16 => break Ok(()),
+                        Ok(other) => {
+                            break Err(Error::UnexpectedExit {
+                                exit: format!("{other:?}"),
+                                rip: 0,
+                            });
+                        }
+                        // A signal: go on spinning.
+                        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
+                        Err(source) => {
+                            break Err(Error::Kvm {
+                                operation: "KVM_RUN",
+                                source,
+                            });
+                        }
+                    }
                 };
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
-                drop(vm);
-                result
+                (result, vm)
             })
             .map_err(|e| Error::Os {
                 operation: "spawn the vCPU thread",
@@ -248,14 +258,18 @@ impl RawSpinLoop {
     /// When the guest stopped.
     pub fn round_trip(&mut self) -> Result<()> {
         use std::sync::atomic::Ordering;
+        let stopped = || Error::UnexpectedExit {
+            exit: String::from("the spinning guest stopped"),
+            rip: 0,
+        };
+        if self.stopped.load(Ordering::SeqCst) {
+            return Err(stopped());
+        }
         self.sequence += 1;
         self.word(0).store(self.sequence, Ordering::SeqCst);
         while self.word(1).load(Ordering::SeqCst) != self.sequence {
             if self.stopped.load(Ordering::SeqCst) {
-                return Err(Error::UnexpectedExit {
-                    exit: String::from("the spinning guest stopped"),
-                    rip: 0,
-                });
+                return Err(stopped());
             }
             std::hint::spin_loop();
         }
@@ -265,10 +279,12 @@ impl RawSpinLoop {
 
 impl Drop for RawSpinLoop {
     fn drop(&mut self) {
+        // Guest memory is alive until the join below hands the VM back.
         self.word(0)
             .store(STOP, std::sync::atomic::Ordering::SeqCst);
         if let Some(vcpu) = self.vcpu.take() {
-            let _ = vcpu.join();
+            // The VM drops here, after its thread is gone.
+            drop(vcpu.join());
         }
     }
 }

@@ -136,41 +136,34 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Replaces guest memory with a private, copy-on-write mapping of
-    /// `image` (a file of exactly this memory's size), at the same host
-    /// address, so KVM's memory slot stays valid. Every page written before
-    /// is dropped.
-    pub(crate) fn map_image(&mut self, image: BorrowedFd<'_>) -> Result<()> {
-        // SAFETY: MAP_FIXED replaces our own mapping, of this exact range,
-        // which nothing but KVM refers to (and KVM follows the change through
-        // its MMU notifier). The vCPU is not running: we hold `&mut self`.
-        let ptr = unsafe {
-            libc::mmap(
-                self.ptr.as_ptr().cast(),
-                self.size,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                image.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            let source = std::io::Error::last_os_error();
-            // A failed MAP_FIXED may have unmapped the range: map zeroed
-            // memory there again, so that the range stays ours (our drop
-            // unmaps it) and reads of it stay valid.
-            // SAFETY: as above, with anonymous memory.
-            let again = unsafe {
-                libc::mmap(
-                    self.ptr.as_ptr().cast(),
-                    self.size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED | libc::MAP_NORESERVE,
-                    -1,
-                    0,
-                )
-            };
-            if again == libc::MAP_FAILED {
+    /// Replaces guest memory with `image` (a file of exactly this memory's
+    /// size): a private, copy-on-write mapping of the file over each run
+    /// `(first page, pages)` in `runs`, zeroed anonymous memory elsewhere,
+    /// all at the same host address, so KVM's memory slot stays valid. Every
+    /// page written before is dropped.
+    pub(crate) fn map_image(
+        &mut self,
+        image: BorrowedFd<'_>,
+        runs: &[(usize, usize)],
+    ) -> Result<()> {
+        let result = self.map_fixed(0, self.size, None).and_then(|()| {
+            runs.iter().try_for_each(|&(first, pages)| {
+                let offset = first.checked_mul(PAGE);
+                let len = pages.checked_mul(PAGE);
+                match (offset, len) {
+                    (Some(offset), Some(len)) if len <= self.size.saturating_sub(offset) => {
+                        self.map_fixed(offset, len, Some(image))
+                    }
+                    _ => Err(std::io::Error::other(format!(
+                        "pages {first}..+{pages} lie outside guest memory"
+                    ))),
+                }
+            })
+        });
+        if let Err(source) = result {
+            // Leave zeroed memory mapped over the whole range, so that it
+            // stays ours (our drop unmaps it) and reads of it stay valid.
+            if self.map_fixed(0, self.size, None).is_err() {
                 // Nothing sound can continue with a hole where guest memory
                 // was (KVM and our drop still refer to it).
                 std::process::abort();
@@ -180,13 +173,50 @@ impl GuestMemory {
                 source,
             });
         }
-        if ptr != self.ptr.as_ptr().cast() {
-            return Err(Error::Os {
-                operation: "map a snapshot image over guest memory",
-                source: std::io::Error::other("the kernel moved a MAP_FIXED mapping"),
-            });
-        }
         self.host_dirty.iter_mut().for_each(|w| *w = 0);
+        Ok(())
+    }
+
+    /// Maps `len` bytes at `offset` of guest memory, in place: from `file`
+    /// at the same offset (private, copy-on-write), or zeroed anonymous
+    /// memory. `offset..offset + len` must lie inside guest memory.
+    fn map_fixed(
+        &self,
+        offset: usize,
+        len: usize,
+        file: Option<BorrowedFd<'_>>,
+    ) -> std::io::Result<()> {
+        let (flags, fd, file_offset) = match file {
+            Some(fd) => (
+                0,
+                fd.as_raw_fd(),
+                libc::off_t::try_from(offset).map_err(std::io::Error::other)?,
+            ),
+            None => (libc::MAP_ANONYMOUS, -1, 0),
+        };
+        // SAFETY: the callers keep `offset..offset + len` inside our own
+        // mapping, which MAP_FIXED replaces in place; nothing but KVM refers
+        // to it (KVM follows the change through its MMU notifier), and the
+        // vCPU is not running (callers hold `&mut` of the memory).
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().add(offset).cast(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE | flags,
+                fd,
+                file_offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above; only compared.
+        if ptr != unsafe { self.ptr.as_ptr().add(offset) }.cast() {
+            return Err(std::io::Error::other(
+                "the kernel moved a MAP_FIXED mapping",
+            ));
+        }
         Ok(())
     }
 

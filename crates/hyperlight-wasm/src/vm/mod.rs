@@ -32,7 +32,7 @@ use kvm_bindings::{
     KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
     KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
 
 use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
@@ -66,10 +66,18 @@ pub(crate) enum GuestExit {
 /// A VM exit, copied out of the vCPU's shared `kvm_run` page.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Exit {
-    Out { port: u16, byte: Option<u8> },
-    In { port: u16 },
+    Out {
+        port: u16,
+        byte: Option<u8>,
+        len: usize,
+    },
+    In {
+        port: u16,
+    },
     Shutdown,
-    Mmio { gpa: u64 },
+    Mmio {
+        gpa: u64,
+    },
     Other(String),
 }
 
@@ -118,6 +126,12 @@ pub(crate) struct Vm {
     /// Guest entries (`KVM_RUN`s) that ran guest code, for tests that count
     /// exits.
     entries: u64,
+    /// Whether the last exit may have left KVM emulation to finish on the
+    /// next entry (see `Vm::drain_pending_emulation`).
+    pending_emulation: bool,
+    /// Whether the vCPU's floating-point state is saved and set as a whole
+    /// XSAVE area (else x87 and XMM only, through KVM_GET/SET_FPU).
+    use_xsave: bool,
     /// Pages left writable and reported dirty on every read of the log: a
     /// reset copies them back every time instead of the guest faulting on
     /// them every call. At most [`snapshot::MAX_HOT_PAGES`].
@@ -172,6 +186,10 @@ impl Vm {
         unsafe { vm.set_user_memory_region(region) }
             .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
 
+        // KVM_GET/SET_XSAVE copy the VM's XSAVE size (KVM_CAP_XSAVE2, 0 on
+        // kernels before it); the `kvm_xsave` we pass holds 4096 bytes.
+        let xsave_size = vm.check_extension_int(Cap::Xsave2);
+        let use_xsave = vm.check_extension(Cap::Xsave) && (0..=4096).contains(&xsave_size);
         let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&handle.cpuid)
             .map_err(kvm_err("KVM_SET_CPUID2"))?;
@@ -207,6 +225,8 @@ impl Vm {
             sync_regs: handle.sync_regs,
             manual_protect,
             entries: 0,
+            pending_emulation: false,
+            use_xsave,
             hot: PageSet::new(pages),
             backing: None,
             touched: PageSet::new(pages),
@@ -352,6 +372,7 @@ impl Vm {
                     break Exit::Out {
                         port,
                         byte: data.first().copied(),
+                        len: data.len(),
                     };
                 }
                 Ok(VcpuExit::IoIn(port, _)) => break Exit::In { port },
@@ -371,12 +392,21 @@ impl Vm {
                 }
             }
         };
+        // Only a one-byte `out` leaves nothing for KVM to finish but moving
+        // RIP past it (which KVM skips when RIP was set since).
+        self.pending_emulation = !matches!(exit, Exit::Out { len: 1, .. });
         self.classify(exit)
     }
 
     fn classify(&self, exit: Exit) -> Result<GuestExit> {
         match exit {
-            Exit::Out { port, byte } => match Port::try_from(port) {
+            Exit::Out { port, len, .. } if len != 1 => Err(Error::UnexpectedExit {
+                exit: format!(
+                    "{len}-byte or string out to I/O port {port:#x} (the protocol uses one-byte out)"
+                ),
+                rip: self.rip()?,
+            }),
+            Exit::Out { port, byte, .. } => match Port::try_from(port) {
                 Ok(Port::Done) => Ok(GuestExit::Done),
                 Ok(Port::OutCall) => Ok(GuestExit::OutCall),
                 Ok(Port::Abort) => Ok(GuestExit::Abort),
@@ -682,7 +712,8 @@ mod tests {
         assert!(matches!(
             vm.classify(Exit::Out {
                 port: 0x80,
-                byte: Some(0)
+                byte: Some(0),
+                len: 1,
             }),
             Err(Error::UnexpectedExit { .. })
         ));
@@ -694,9 +725,19 @@ mod tests {
         assert!(matches!(
             vm.classify(Exit::Out {
                 port: Port::Exception as u16,
-                byte: Some(14)
+                byte: Some(14),
+                len: 1,
             }),
             Err(Error::UnexpectedExit { .. })
+        ));
+        // More than one byte to a protocol port.
+        assert!(matches!(
+            vm.classify(Exit::Out {
+                port: Port::Done as u16,
+                byte: Some(0),
+                len: 4,
+            }),
+            Err(Error::UnexpectedExit { exit, .. }) if exit.contains("4-byte or string out")
         ));
     }
 }
