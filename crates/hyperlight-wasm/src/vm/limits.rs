@@ -24,6 +24,25 @@ fn default_sizes() -> Sizes {
     }
 }
 
+/// A VM of a default sandbox's size running `code` (at the image base) at
+/// CPL3, set up like a sandbox's guest.
+fn raw_guest(code: &[u8], limits: CallLimits) -> Result<Vm> {
+    let image = GuestImage {
+        entry: IMAGE_BASE,
+        segments: vec![Segment {
+            addr: IMAGE_BASE,
+            data: code,
+            mem_size: 0x1000,
+            writable: false,
+            executable: true,
+        }],
+    };
+    let mut vm = Vm::new(&default_sizes(), limits)?;
+    vm.embedded_guest = false;
+    vm.boot(&image)?;
+    Ok(vm)
+}
+
 /// A KVM VM with one vCPU and one memory slot of a default sandbox's size,
 /// and nothing else: the least any sandbox must create.
 #[derive(Debug)]
@@ -84,19 +103,7 @@ impl RawExitLoop {
     pub fn new() -> Result<RawExitLoop> {
         // out Done, al; jmp back to the out.
         let code = [0xe6, Port::Done as u8, 0xeb, 0xfc];
-        let image = GuestImage {
-            entry: IMAGE_BASE,
-            segments: vec![Segment {
-                addr: IMAGE_BASE,
-                data: &code,
-                mem_size: 0x1000,
-                writable: false,
-                executable: true,
-            }],
-        };
-        let mut vm = Vm::new(&default_sizes(), CallLimits::default())?;
-        vm.embedded_guest = false;
-        vm.boot(&image)?;
+        let vm = raw_guest(&code, CallLimits::default())?;
         Ok(RawExitLoop { vm })
     }
 
@@ -151,58 +158,28 @@ impl RawSpinLoop {
     ///
     /// When KVM or the OS refuse.
     pub fn new() -> Result<RawSpinLoop> {
-        let sizes = default_sizes();
-        let layout = Layout::new(&sizes)?;
-        let request = layout.heap.addr;
+        let request = Layout::new(&default_sizes())?.heap.addr;
         // rdi = request; loop: rax = [rdi]; if rax == rbx goto loop;
         // if rax == STOP goto out; rbx = rax; [rdi + 8] = rax; goto loop;
         // out: out Done.
-        let mut code = vec![0x48, 0xbf];
-        code.extend_from_slice(&request.to_le_bytes()); // mov rdi, request
-        code.extend_from_slice(&[
-            0x48,
-            0x8b,
-            0x07, // 10: mov rax, [rdi]
-            0x48,
-            0x39,
-            0xd8, // 13: cmp rax, rbx
-            0x74,
-            0xf8, // 16: je 10
-            0x48,
-            0x83,
-            0xf8,
-            0xff, // 18: cmp rax, -1
-            0x74,
-            0x09, // 22: je 33
-            0x48,
-            0x89,
-            0xc3, // 24: mov rbx, rax
-            0x48,
-            0x89,
-            0x47,
-            0x08, // 27: mov [rdi + 8], rax
-            0xeb,
-            0xe9, // 31: jmp 10
-            0xe6,
-            Port::Done as u8, // 33: out Done, al
-        ]);
-        let image = GuestImage {
-            entry: IMAGE_BASE,
-            segments: vec![Segment {
-                addr: IMAGE_BASE,
-                data: &code,
-                mem_size: 0x1000,
-                writable: false,
-                executable: true,
-            }],
-        };
+        let code: &[&[u8]] = &[
+            &[0x48, 0xbf],             // 0: mov rdi, request
+            &request.to_le_bytes(),    //
+            &[0x48, 0x8b, 0x07],       // 10: mov rax, [rdi]
+            &[0x48, 0x39, 0xd8],       // 13: cmp rax, rbx
+            &[0x74, 0xf8],             // 16: je 10
+            &[0x48, 0x83, 0xf8, 0xff], // 18: cmp rax, -1
+            &[0x74, 0x09],             // 22: je 33
+            &[0x48, 0x89, 0xc3],       // 24: mov rbx, rax
+            &[0x48, 0x89, 0x47, 0x08], // 27: mov [rdi + 8], rax
+            &[0xeb, 0xe9],             // 31: jmp 10
+            &[0xe6, Port::Done as u8], // 33: out Done, al
+        ];
         let limits = CallLimits {
             time_limit: std::time::Duration::from_secs(3600),
             ..CallLimits::default()
         };
-        let mut vm = Vm::new(&sizes, limits)?;
-        vm.embedded_guest = false;
-        vm.boot(&image)?;
+        let mut vm = raw_guest(&code.concat(), limits)?;
         let host = vm.memory.host_address() + request;
         let stopped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let done = std::sync::Arc::clone(&stopped);
