@@ -5,7 +5,8 @@
 //! State: after boot and after a module load the host takes a snapshot of
 //! the VM, and shares it through the image cache ([`crate::vm::images`]) when
 //! every sandbox of the configuration reaches that state the same way; the
-//! next sandbox maps the image instead of booting or loading again. Unless the sandbox keeps state (persistent mode), every call is
+//! next sandbox maps the image instead of booting or loading again. Unless
+//! the sandbox keeps state (persistent mode), every call is
 //! followed by a restore of the post-load snapshot, so each call starts from
 //! a fresh instance. A failure that leaves the guest in an unknown state (a
 //! fault, an abort, a broken protocol, a cancellation; see
@@ -148,8 +149,7 @@ impl Guest {
     pub(crate) fn boot(&mut self) -> Result<()> {
         let key = self.vm.image_key(None);
         if let Some(image) = key.as_ref().and_then(images::get) {
-            let adopted = self.vm.adopt(&image);
-            self.poison_on_error(adopted)?;
+            self.adopt(&image)?;
             self.runtime_snapshot = Some(image);
             return Ok(());
         }
@@ -179,7 +179,9 @@ impl Guest {
         let signatures = host_functions::signatures(&self.functions);
         let key = self.module_key(hash, &signatures)?;
         if let Some(image) = key.as_ref().and_then(images::get) {
-            return self.start_from(image);
+            self.adopt(&image)?;
+            self.module_snapshot = Some(image);
+            return Ok(());
         }
         self.questions = 0;
         self.guarded(false, |guest| {
@@ -207,13 +209,7 @@ impl Guest {
         hash: &[u8; 32],
         signatures: &[HostFunctionSignature],
     ) -> Result<Option<ImageKey>> {
-        self.check_usable()?;
-        let runtime = self
-            .runtime_snapshot
-            .as_ref()
-            .ok_or_else(|| Error::Poisoned {
-                reason: String::from("the guest never finished booting"),
-            })?;
+        let runtime = self.runtime_image()?;
         let signatures = wire::encode_to_vec(&signatures).map_err(|e| Error::RequestTooLarge {
             reason: e.to_string(),
         })?;
@@ -224,13 +220,22 @@ impl Guest {
         Ok(self.vm.image_key(Some(digest.finalize().into())))
     }
 
-    /// Starts from the shared image of a post-load state.
-    fn start_from(&mut self, image: Arc<Snapshot>) -> Result<()> {
+    /// The post-runtime image, if the guest is usable and booted.
+    fn runtime_image(&self) -> Result<Arc<Snapshot>> {
         self.check_usable()?;
-        let adopted = self.vm.adopt(&image);
-        self.poison_on_error(adopted)?;
-        self.module_snapshot = Some(image);
-        Ok(())
+        self.runtime_snapshot
+            .clone()
+            .ok_or_else(|| Error::Poisoned {
+                reason: String::from("the guest never finished booting"),
+            })
+    }
+
+    /// Maps `image` over the VM (see [`Vm::adopt`]) unless the guest is
+    /// poisoned; poisons it if that fails.
+    fn adopt(&mut self, image: &Arc<Snapshot>) -> Result<()> {
+        self.check_usable()?;
+        let adopted = self.vm.adopt(image);
+        self.poison_on_error(adopted)
     }
 
     /// Takes the snapshot of a state just reached, and shares it as the
@@ -292,17 +297,10 @@ impl Guest {
     /// Drops the loaded module: the VM goes back to the post-runtime
     /// snapshot (the host resets it; the guest has no say).
     pub(crate) fn unload_module(&mut self) -> Result<()> {
-        self.check_usable()?;
-        let snapshot = self
-            .runtime_snapshot
-            .clone()
-            .ok_or_else(|| Error::Poisoned {
-                reason: String::from("the guest never finished booting"),
-            })?;
         // Mapping the image again copies nothing and frees every page the
         // module used.
-        let adopted = self.vm.adopt(&snapshot);
-        self.poison_on_error(adopted)?;
+        let runtime = self.runtime_image()?;
+        self.adopt(&runtime)?;
         self.module_snapshot = None;
         Ok(())
     }
@@ -473,6 +471,9 @@ impl Guest {
         call: OutCall,
         artifact: Option<&mut Artifact<'_>>,
     ) -> Result<OutCallReply> {
+        if !matches!(call, OutCall::ArtifactBuffer { .. }) {
+            self.questions += 1;
+        }
         match call {
             OutCall::ArtifactBuffer { addr, len } => {
                 let Some(artifact) = artifact.filter(|a| !a.copied) else {
@@ -497,12 +498,8 @@ impl Guest {
                 artifact.copied = true;
                 Ok(OutCallReply::Done)
             }
-            OutCall::CallHost { function, args } => {
-                self.questions += 1;
-                self.call_host(function, args)
-            }
+            OutCall::CallHost { function, args } => self.call_host(function, args),
             OutCall::Print { text } => {
-                self.questions += 1;
                 let print = &mut self.print;
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| print(&text))) {
                     Ok(()) => Ok(OutCallReply::Done),
@@ -517,12 +514,8 @@ impl Guest {
                     }
                 }
             }
-            OutCall::Clock { realtime } => {
-                self.questions += 1;
-                Ok(OutCallReply::Time(clock_ns(realtime)))
-            }
+            OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
             OutCall::Random { len } => {
-                self.questions += 1;
                 // The reply must fit the input buffer.
                 let limit = self.vm.layout().input.size.saturating_sub(64);
                 if u64::from(len) > limit {

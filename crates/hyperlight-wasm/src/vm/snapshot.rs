@@ -150,6 +150,12 @@ impl PageSet {
         }
     }
 
+    pub(crate) fn insert(&mut self, page: usize) {
+        if let Some(word) = self.words.get_mut(page / 64) {
+            *word |= 1 << (page % 64);
+        }
+    }
+
     pub(crate) fn union(&mut self, other: &PageSet) {
         self.union_words(&other.words);
     }
@@ -165,22 +171,27 @@ impl PageSet {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        self.words.iter().enumerate().flat_map(|(i, word)| {
-            let mut bits = *word;
-            std::iter::from_fn(move || {
-                if bits == 0 {
-                    return None;
-                }
-                let bit = bits.trailing_zeros() as usize;
-                bits &= bits - 1;
-                Some(i * 64 + bit)
-            })
-        })
+        pages_in(&self.words)
     }
 
     pub(crate) fn clear(&mut self) {
         self.words.iter_mut().for_each(|w| *w = 0);
     }
+}
+
+/// The pages set in a bitmap of one bit per page (64 pages per word).
+fn pages_in(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    words.iter().enumerate().flat_map(|(i, word)| {
+        let mut bits = *word;
+        std::iter::from_fn(move || {
+            if bits == 0 {
+                return None;
+            }
+            let bit = bits.trailing_zeros() as usize;
+            bits &= bits - 1;
+            Some(i * 64 + bit)
+        })
+    })
 }
 
 static NEXT_SNAPSHOT: AtomicU64 = AtomicU64::new(1);
@@ -334,16 +345,12 @@ impl Vm {
             Hot::Keep => {}
             Hot::Grow => {
                 let room = MAX_HOT_PAGES.saturating_sub(self.hot.len());
-                let found = PageSet {
-                    words: dirty.clone(),
-                };
-                let new: Vec<usize> = found
-                    .iter()
+                let new: Vec<usize> = pages_in(&dirty)
                     .filter(|page| !self.hot.contains(*page))
                     .take(room)
                     .collect();
                 for page in new {
-                    self.hot.words[page / 64] |= 1 << (page % 64);
+                    self.hot.insert(page);
                 }
             }
         }
@@ -484,14 +491,13 @@ impl Vm {
         self.collect_dirty(Hot::Grow)?;
         // Pages that can differ from `snapshot`: those written since the
         // base, and, if the base is another snapshot, every page either of
-        // the two holds. (`since_base` stays as it is until the copy is
-        // done.)
-        let mut pages = self.since_base.clone();
+        // the two holds. (Kept in `since_base` until the copy is done: if it
+        // fails, a superset of the differing pages is still right.)
         if base.id != snapshot.id {
-            pages.union(&base.pages);
-            pages.union(&snapshot.pages);
+            self.since_base.union(&base.pages);
+            self.since_base.union(&snapshot.pages);
         }
-        for page in pages.iter() {
+        for page in self.since_base.iter() {
             let result = match snapshot.page(page) {
                 Some(bytes) => self
                     .memory
@@ -506,7 +512,7 @@ impl Vm {
         }
         // Those pages now differ from the image memory was mapped from (a
         // later snapshot must include them).
-        self.touched.union(&pages);
+        self.touched.union(&self.since_base);
         self.since_base.clear();
         self.set_vcpu_state(snapshot)?;
         self.base = Some(Arc::clone(snapshot));
@@ -736,7 +742,7 @@ mod tests {
     fn runs_merge_short_gaps_only() {
         let mut pages = PageSet::new(4096);
         for page in [3, 4, 5, 7, 600, 601, 1113, 1700] {
-            pages.words[page / 64] |= 1 << (page % 64);
+            pages.insert(page);
         }
         // 7 -> 600: a gap of 592 pages; 601 -> 1113: 511; 1113 -> 1700: 586.
         assert_eq!(runs(&pages), vec![(3, 5), (600, 514), (1700, 1)]);
