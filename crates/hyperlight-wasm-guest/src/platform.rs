@@ -86,9 +86,16 @@ pub unsafe fn init_heap(heap: Region) {
     }
 }
 
-/// Whether an allocation has failed since the guest started.
+/// Whether an allocation has failed since the guest started, or since the
+/// last [`forget_allocation_failure`].
 pub fn allocation_failed() -> bool {
     HEAP.failed.load(Ordering::Relaxed)
+}
+
+/// Clears the note of a failed allocation (one that was handled: a failed
+/// `memory.grow`, or one of an earlier request).
+pub fn forget_allocation_failure() {
+    HEAP.failed.store(false, Ordering::Relaxed);
 }
 
 // Wasmtime's thread-local slots. wasmtime 48 uses slot 0 for the runtime and

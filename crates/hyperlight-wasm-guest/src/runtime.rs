@@ -70,9 +70,11 @@ pub struct Runtime {
     max_memory: usize,
 }
 
-/// The store's limits: linear memory may not outgrow the guest heap, and a
-/// `memory.grow` that fails is reported as running out of memory (a trap
-/// with a clear error) instead of quietly returning -1.
+/// The store's limits. As the spec says, a `memory.grow` that cannot be
+/// satisfied returns -1 to the module and the call goes on: past the
+/// module's declared maximum (wasmtime checks that), past the guest heap
+/// (the limit here), or when the heap has no room left (the allocation
+/// fails). Running out of heap anywhere else stays an error.
 pub struct Limits {
     max_memory: usize,
 }
@@ -80,29 +82,18 @@ pub struct Limits {
 impl wasmtime::ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,
-        current: usize,
+        _current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.max_memory {
-            return Err(Fault::new(
-                ErrorCode::OutOfMemory,
-                format_args!(
-                    "growing linear memory from {current} to {desired} bytes exceeds the guest heap of {} bytes",
-                    self.max_memory
-                ),
-            )
-            .into());
-        }
-        Ok(true)
+        Ok(desired <= self.max_memory)
     }
 
-    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
-        Err(Fault::new(
-            ErrorCode::OutOfMemory,
-            format_args!("growing linear memory failed: the guest heap is exhausted ({error})"),
-        )
-        .into())
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The allocation that failed was the growth itself, which the
+        // module sees as -1: it is not a failure of anything else.
+        platform::forget_allocation_failure();
+        Ok(())
     }
 
     fn table_growing(
@@ -113,6 +104,11 @@ impl wasmtime::ResourceLimiter for Limits {
     ) -> wasmtime::Result<bool> {
         // A table entry takes a pointer or more of heap.
         Ok(desired.saturating_mul(16) <= self.max_memory)
+    }
+
+    fn table_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        platform::forget_allocation_failure();
+        Ok(())
     }
 }
 
@@ -155,6 +151,9 @@ impl Runtime {
 
     /// Handles one request from the host.
     pub fn handle(&mut self, request: Request) -> Response {
+        // An allocation failure is judged per request (a persistent
+        // sandbox keeps its memory across requests).
+        platform::forget_allocation_failure();
         let result = match request {
             Request::LoadModule {
                 artifact_len,

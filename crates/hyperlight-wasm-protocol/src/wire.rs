@@ -135,6 +135,58 @@ pub fn decode_buffer<'a, T: Deserialize<'a>>(buf: &'a [u8]) -> Result<T, WireErr
     decode(&body[..len])
 }
 
+/// The index of [`OutCall::CallHost`] among `OutCall`'s variants (postcard
+/// encodes an enum as its variant index, a varint, then the variant's
+/// fields in order).
+///
+/// [`OutCall::CallHost`]: crate::message::OutCall::CallHost
+const CALL_HOST_VARIANT: u32 = 1;
+
+/// An [`OutCall::CallHost`] payload with its arguments still encoded: what
+/// the host needs to check the call (the function's name and arity) before
+/// it decodes, and allocates, any argument.
+///
+/// [`OutCall::CallHost`]: crate::message::OutCall::CallHost
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallHostHead<'a> {
+    /// The host function's name.
+    pub function: &'a str,
+    /// How many arguments the guest claims follow.
+    pub arg_count: usize,
+    /// The encoded arguments (decode them one by one with [`take_value`]).
+    pub args: &'a [u8],
+}
+
+/// Reads the head of an out-call payload if it is an
+/// [`OutCall::CallHost`]; `Ok(None)` for any other out-call (decode those
+/// with [`decode`]). Allocates nothing.
+///
+/// [`OutCall::CallHost`]: crate::message::OutCall::CallHost
+pub fn decode_call_host_head(payload: &[u8]) -> Result<Option<CallHostHead<'_>>, WireError> {
+    let (variant, rest): (u32, &[u8]) =
+        postcard::take_from_bytes(payload).map_err(WireError::Malformed)?;
+    if variant != CALL_HOST_VARIANT {
+        return Ok(None);
+    }
+    let (function, rest): (&str, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    let (arg_count, args): (usize, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
+    Ok(Some(CallHostHead {
+        function,
+        arg_count,
+        args,
+    }))
+}
+
+/// Decodes one [`Value`] from the front of `bytes`; returns it and the
+/// bytes after it. A value allocates at most as many bytes as it occupies.
+///
+/// [`Value`]: crate::message::Value
+pub fn take_value(bytes: &[u8]) -> Result<(crate::message::Value, &[u8]), WireError> {
+    postcard::take_from_bytes(bytes).map_err(WireError::Malformed)
+}
+
 #[cfg(test)]
 mod tests {
     use alloc::string::String;
@@ -263,9 +315,51 @@ mod proptests {
     use proptest::prelude::*;
 
     use super::*;
-    use crate::message::{Abort, OutCall, Response};
+    use crate::message::{Abort, OutCall, Response, Value};
+
+    fn any_value() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            Just(Value::Void),
+            any::<i32>().prop_map(Value::I32),
+            any::<u64>().prop_map(Value::U64),
+            any::<u32>().prop_map(|b| Value::F32(f32::from_bits(b))),
+            any::<bool>().prop_map(Value::Bool),
+            ".{0,8}".prop_map(Value::String),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(Value::Bytes),
+        ]
+    }
 
     proptest! {
+        /// The two-phase decoding of a host call reads exactly what the
+        /// message holds (so it tracks `OutCall`'s layout).
+        #[test]
+        fn call_host_heads_and_values_decode_what_was_encoded(
+            function in ".{0,16}",
+            args in proptest::collection::vec(any_value(), 0..6),
+        ) {
+            let call = OutCall::CallHost { function: function.clone(), args: args.clone() };
+            let framed = encode_to_vec(&call).unwrap();
+            let head = decode_call_host_head(&framed[HEADER_LEN..]).unwrap().unwrap();
+            prop_assert_eq!(head.function, function.as_str());
+            prop_assert_eq!(head.arg_count, args.len());
+            let mut rest = head.args;
+            for arg in &args {
+                let (value, after) = take_value(rest).unwrap();
+                prop_assert_eq!(format!("{value:?}"), format!("{arg:?}"));
+                rest = after;
+            }
+            prop_assert!(rest.is_empty());
+        }
+
+        /// Other out-calls are not mistaken for host calls.
+        #[test]
+        fn other_out_calls_have_no_call_host_head(len in any::<u32>(), text in ".{0,8}") {
+            for call in [OutCall::Random { len }, OutCall::Print { text: text.clone() }] {
+                let framed = encode_to_vec(&call).unwrap();
+                prop_assert_eq!(decode_call_host_head(&framed[HEADER_LEN..]).unwrap(), None);
+            }
+        }
+
         /// Whatever the guest writes, decoding returns a value or an error;
         /// it never panics.
         #[test]

@@ -76,6 +76,78 @@ pub enum Error {
         /// What the bytes look like instead.
         reason: String,
     },
+    /// The module is larger than [`crate::set_max_module_size`] allows; it
+    /// was not parsed or compiled.
+    #[error(
+        "the module is {size} bytes, more than the limit of {limit} bytes \
+         (hyperlight_wasm::set_max_module_size)"
+    )]
+    ModuleTooLarge {
+        /// Its size in bytes.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The bytes handed to a safe loader are a precompiled module.
+    /// Precompiled code runs in the guest without any check, so only the
+    /// `unsafe` [`crate::WasmSandbox::load_precompiled_module_from_buffer`]
+    /// (or, for artifacts made by [`crate::compile_module_authenticated`],
+    /// [`crate::WasmSandbox::load_authenticated_module_from_buffer`]) loads
+    /// it.
+    #[error(
+        "the bytes are a precompiled module, and precompiled code runs in the guest unchecked: \
+         load it with the unsafe WasmSandbox::load_precompiled_module(_from_buffer), or make it \
+         with compile_module_authenticated and load it with load_authenticated_module"
+    )]
+    PrecompiledModuleNeedsUnsafeLoader,
+    /// An artifact handed to the authenticated loader failed its check.
+    #[error("the artifact is not authentic: {reason}")]
+    ArtifactNotAuthentic {
+        /// Why.
+        reason: String,
+    },
+    /// The host's compiler could not be set up (a build or platform
+    /// problem, not the module's fault).
+    #[error("the compiler could not be set up: {reason}")]
+    CompilerUnavailable {
+        /// wasmtime's error.
+        reason: String,
+    },
+    /// The compiler panicked on this module (a compiler bug the module
+    /// triggers); the host goes on.
+    #[error("the compiler panicked compiling the module: {message}")]
+    CompilerPanicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The directory given to [`crate::set_module_cache_dir`] is unusable
+    /// or not private to this user.
+    #[error("cannot use {} as the module cache: {reason}", path.display())]
+    ModuleCacheDir {
+        /// The directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The thread that enforces time limits cannot be started; no call runs
+    /// without its time limit. A later call tries again.
+    #[error("cannot start the thread that enforces time limits")]
+    WatchdogUnavailable {
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The signal that stops running guests is taken by a handler the
+    /// application installed; choose another with
+    /// [`crate::set_interrupt_signal`].
+    #[error(
+        "signal {signal} already has a handler that hyperlight-wasm did not install; \
+         choose a free signal with hyperlight_wasm::set_interrupt_signal"
+    )]
+    InterruptSignalInUse {
+        /// The signal number.
+        signal: i32,
+    },
     /// The WebAssembly module does not parse, validate or compile.
     #[error("the WebAssembly module is invalid")]
     InvalidModule {

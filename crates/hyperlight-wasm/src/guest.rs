@@ -27,6 +27,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sha2::{Digest, Sha256};
 
+use crate::compile::artifact::Exports;
 use crate::error::{Aftermath, Error, ProtocolError, Result, TrapKind};
 use crate::sandbox::host_functions::{self, HostFunctions};
 use crate::vm::images::{self, ImageKey};
@@ -57,6 +58,10 @@ pub(crate) struct Guest {
     runtime_snapshot: Option<Arc<Snapshot>>,
     /// The VM right after the module loaded.
     module_snapshot: Option<Arc<Snapshot>>,
+    /// The loaded module's exported functions, as the host compiled (or,
+    /// for a precompiled module, was told) them; `None` when no module
+    /// the host knows is loaded (test guests).
+    exports: Option<Arc<Exports>>,
     /// Whether the current request stopped the guest in the middle (at an
     /// out-call).
     mid_request: bool,
@@ -111,6 +116,7 @@ impl Guest {
             persistent,
             runtime_snapshot: None,
             module_snapshot: None,
+            exports: None,
             mid_request: false,
             questions: 0,
         }
@@ -175,12 +181,18 @@ impl Guest {
     /// post-load image for it if there is one; else the guest allocates room
     /// for it, the host copies it there, the guest deserializes, links and
     /// instantiates it, and the host takes that image.
-    pub(crate) fn load_module(&mut self, artifact: &[u8], hash: &[u8; 32]) -> Result<()> {
+    pub(crate) fn load_module(
+        &mut self,
+        artifact: &[u8],
+        hash: &[u8; 32],
+        exports: &Arc<Exports>,
+    ) -> Result<()> {
         let signatures = host_functions::signatures(&self.functions);
         let key = self.module_key(hash, &signatures)?;
         if let Some(image) = key.as_ref().and_then(images::get) {
             self.adopt(&image)?;
             self.module_snapshot = Some(image);
+            self.exports = Some(Arc::clone(exports));
             return Ok(());
         }
         self.questions = 0;
@@ -199,6 +211,7 @@ impl Guest {
             }
         })?;
         self.module_snapshot = Some(self.take_image(key)?);
+        self.exports = Some(Arc::clone(exports));
         Ok(())
     }
 
@@ -257,6 +270,21 @@ impl Guest {
         returns: ValueType,
     ) -> Result<Value> {
         let reset = !self.persistent;
+        // The host knows what the module exports: a name it does not
+        // export never reaches the guest.
+        let exported = match &self.exports {
+            Some(exports) if self.poisoned.is_none() => {
+                if !exports.contains_key(function) {
+                    let e = Error::GuestFunctionNotFound {
+                        function: function.to_owned(),
+                    };
+                    crate::metrics::record_error(&e);
+                    return Err(e);
+                }
+                true
+            }
+            _ => false,
+        };
         #[cfg(feature = "function_call_metrics")]
         let start = std::time::Instant::now();
         let result = self.guarded(reset, |guest| {
@@ -272,25 +300,15 @@ impl Guest {
                 }
             }
         });
-        // Only calls that prove the function exists get a series: callers
-        // cannot create unbounded label values by calling made-up names.
+        // Only functions the host knows the module exports get a series:
+        // neither callers calling made-up names nor a guest answering for
+        // them can create label values.
         #[cfg(feature = "function_call_metrics")]
-        if matches!(
-            result,
-            Ok(_)
-                | Err(Error::GuestTrap { .. })
-                | Err(Error::HostFunctionFailed { .. })
-                | Err(Error::HostFunctionPanicked { .. })
-                | Err(Error::GuestExited { .. })
-                | Err(Error::GuestOutOfMemory { .. })
-                | Err(Error::BadGuestPointer { .. })
-                | Err(Error::InvalidUtf8 { .. })
-                | Err(Error::GuestFunctionParameterCountMismatch { .. })
-                | Err(Error::GuestFunctionParameterTypeMismatch { .. })
-                | Err(Error::GuestFunctionReturnTypeMismatch { .. })
-        ) {
+        if exported {
             crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
         }
+        #[cfg(not(feature = "function_call_metrics"))]
+        let _ = exported;
         result
     }
 
@@ -302,6 +320,7 @@ impl Guest {
         let runtime = self.runtime_image()?;
         self.adopt(&runtime)?;
         self.module_snapshot = None;
+        self.exports = None;
         Ok(())
     }
 
@@ -355,7 +374,10 @@ impl Guest {
         }
         self.host_failure = None;
         self.mid_request = false;
-        self.vm.begin_call();
+        if let Err(e) = self.vm.begin_call() {
+            crate::metrics::record_error(&e);
+            return Err(e);
+        }
         // A panic (in the print function, or a bug of ours) must not leave
         // the call marked running or the guest half-way through a request.
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
@@ -445,7 +467,7 @@ impl Guest {
                 GuestExit::Done => return self.read_output("a response"),
                 GuestExit::OutCall => {
                     self.mid_request = true;
-                    let call = self.read_output("an out-call")?;
+                    let call = self.read_out_call()?;
                     let reply = self.serve(call, artifact.as_deref_mut())?;
                     match self.send(&reply) {
                         Ok(()) => {}
@@ -533,19 +555,13 @@ impl Guest {
     /// checked against its signature first (the guest is not trusted to);
     /// its errors and panics fail the guest call, not the host.
     fn call_host(&mut self, function: String, args: Vec<Value>) -> Result<OutCallReply> {
+        // `read_out_call` checked the name and the arguments' types.
         let Some(registered) = self.functions.get_mut(&function) else {
             return Err(unexpected(
                 "a call to a registered host function",
                 &function,
             ));
         };
-        let types: Vec<ValueType> = args.iter().map(Value::ty).collect();
-        if types != registered.params {
-            return Err(unexpected(
-                "host function arguments matching its signature",
-                &types,
-            ));
-        }
         let call = &mut registered.call;
         #[cfg(feature = "function_call_metrics")]
         let start = std::time::Instant::now();
@@ -569,6 +585,61 @@ impl Guest {
                 Ok(OutCallReply::Failed(reply))
             }
         }
+    }
+
+    /// Reads an out-call. A host call's name and arity are checked against
+    /// the registered functions before any argument is decoded, and each
+    /// argument's type as it is: what the host allocates is bounded by the
+    /// bytes the guest wrote, whatever count it claims.
+    fn read_out_call(&self) -> Result<OutCall> {
+        const WHAT: &str = "an out-call";
+        let malformed =
+            |source| -> Error { ProtocolError::Malformed { what: WHAT, source }.into() };
+        let payload = self.read_output_payload(WHAT)?;
+        let Some(head) = wire::decode_call_host_head(&payload).map_err(malformed)? else {
+            return wire::decode(&payload).map_err(malformed);
+        };
+        let Some(registered) = self.functions.get(head.function) else {
+            return Err(unexpected(
+                "a call to a registered host function",
+                &head.function,
+            ));
+        };
+        if head.arg_count != registered.params.len() {
+            return Err(unexpected(
+                "host function arguments matching its signature",
+                &format_args!(
+                    "{} arguments for `{}`, which takes {}",
+                    head.arg_count,
+                    head.function,
+                    registered.params.len()
+                ),
+            ));
+        }
+        let mut args = Vec::with_capacity(registered.params.len());
+        let mut rest = head.args;
+        for (i, ty) in registered.params.iter().enumerate() {
+            let (value, after) = wire::take_value(rest).map_err(malformed)?;
+            if value.ty() != *ty {
+                return Err(unexpected(
+                    "host function arguments matching its signature",
+                    &format_args!(
+                        "argument {i} of `{}` of type {}, which takes {ty} there",
+                        head.function,
+                        value.ty()
+                    ),
+                ));
+            }
+            args.push(value);
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(malformed(wire::WireError::TrailingBytes(rest.len())));
+        }
+        Ok(OutCall::CallHost {
+            function: head.function.to_owned(),
+            args,
+        })
     }
 
     /// Copies the message in the output buffer out of guest memory, checks
@@ -612,18 +683,50 @@ impl Guest {
     }
 }
 
+/// How much of a guest's message an error quotes.
+const QUOTE_LIMIT: usize = 200;
+
+/// The error for a message the protocol does not allow here, quoting at
+/// most [`QUOTE_LIMIT`] bytes of it: the message is formatted into a
+/// bounded buffer, never whole (a hostile guest's message can be as large
+/// as the output buffer, and its `Debug` form several times larger).
 fn unexpected(expected: &'static str, got: &dyn std::fmt::Debug) -> Error {
-    let mut got = format!("{got:?}");
-    // Keep a hostile guest from filling the error with its output.
-    if got.len() > 200 {
-        let cut = (0..=200)
-            .rev()
-            .find(|&i| got.is_char_boundary(i))
-            .unwrap_or(0);
-        got.truncate(cut);
-        got.push_str("...");
+    use std::fmt::Write;
+    let mut quote = Bounded {
+        text: String::new(),
+        limit: QUOTE_LIMIT,
+    };
+    // An error from the writer only means the quote is full.
+    if write!(quote, "{got:?}").is_err() {
+        quote.text.push_str("...");
     }
-    Error::Protocol(ProtocolError::UnexpectedMessage { expected, got })
+    Error::Protocol(ProtocolError::UnexpectedMessage {
+        expected,
+        got: quote.text,
+    })
+}
+
+/// A `fmt::Write` that keeps at most `limit` bytes and then fails, which
+/// stops the formatting.
+struct Bounded {
+    text: String,
+    limit: usize,
+}
+
+impl std::fmt::Write for Bounded {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let room = self.limit - self.text.len();
+        if s.len() <= room {
+            self.text.push_str(s);
+            return Ok(());
+        }
+        let cut = (0..=room)
+            .rev()
+            .find(|&i| s.is_char_boundary(i))
+            .unwrap_or(0);
+        self.text.push_str(&s[..cut]);
+        Err(std::fmt::Error)
+    }
 }
 
 /// The text of a panic payload.
@@ -964,7 +1067,7 @@ mod tests {
                 .send_output(&framed(&Response::ModuleLoaded), Port::Done),
         );
         g.boot().unwrap();
-        g.load_module(&[7u8; 100], &[0; 32])
+        g.load_module(&[7u8; 100], &[0; 32], &Arc::default())
     }
 
     #[test]
@@ -1013,7 +1116,7 @@ mod tests {
         );
         g.boot().unwrap();
         assert!(matches!(
-            g.load_module(&[1, 2, 3, 4], &[0; 32]),
+            g.load_module(&[1, 2, 3, 4], &[0; 32], &Arc::default()),
             Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
         ));
     }
@@ -1107,6 +1210,185 @@ mod tests {
         let mut g = guest(RawGuest::new().code(&[0x0f, 0x0b]));
         assert!(matches!(g.boot(), Err(Error::GuestException(_))));
         assert!(matches!(g.boot(), Err(Error::Poisoned { reason }) if reason.contains("#UD")));
+    }
+
+    /// A guest with the largest output buffer that boots, then answers
+    /// the next request with `prefix` (a header claiming the whole buffer,
+    /// and the start of a message) on `port`: the rest of the buffer is
+    /// zeros, which decode as `Value::Void`s, or bytes of a `Vec<u8>`.
+    fn largest_buffer_guest(prefix: impl Fn(usize) -> Vec<u8>, port: Port) -> Guest {
+        let sizes = crate::vm::layout::Sizes {
+            output: SandboxBuilder::MAX_BUFFER_SIZE,
+            ..crate::vm::testing::SIZES
+        };
+        let output = crate::vm::layout::Layout::new(&sizes).unwrap().output;
+        let payload = output.size as usize - HEADER_LEN;
+        let mut bytes = header(payload as u32);
+        bytes.extend(prefix(payload));
+        let ready = framed(&Response::Ready {
+            protocol_version: PROTOCOL_VERSION,
+        });
+        let raw =
+            RawGuest::new()
+                .send(output.addr, &ready, Port::Done)
+                .send(output.addr, &bytes, port);
+        let mut g = Guest::new(
+            raw.vm_sized(&sizes, crate::vm::CallLimits::default()),
+            Box::new(|_| {}),
+            false,
+        );
+        g.boot().unwrap();
+        g
+    }
+
+    /// `head` followed by a varint count such that the message fills a
+    /// payload of `payload` bytes.
+    fn filling(head: &[u8], payload: usize) -> Vec<u8> {
+        let mut count = payload - head.len();
+        loop {
+            let varint = encode_varint(count);
+            let fitted = payload - head.len() - varint.len();
+            if fitted == count {
+                return [head, &varint].concat();
+            }
+            count = fitted;
+        }
+    }
+
+    fn encode_varint(value: usize) -> Vec<u8> {
+        postcard::to_allocvec(&value).unwrap()
+    }
+
+    #[test]
+    fn a_host_call_claiming_millions_of_arguments_allocates_nothing_for_them() {
+        // CallHost (variant 1), function "f", then ~268 million arguments
+        // that are each one zero byte (Void): decoded first, they would
+        // take 32 bytes each, 8 GiB in all.
+        let head = [&[1u8][..], &encode_varint(1), b"f"].concat();
+        // Unknown, then registered with two parameters.
+        for register in [false, true] {
+            let mut g = largest_buffer_guest(|payload| filling(&head, payload), Port::OutCall);
+            if register {
+                g.host_functions_mut().insert(
+                    String::from("f"),
+                    host_functions::Registered::new(|a: i32, b: i32| a + b),
+                );
+            }
+            let (result, peak) =
+                crate::allocations::peak_during(|| g.call("anything", Vec::new(), ValueType::Void));
+            assert!(
+                matches!(
+                    result,
+                    Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+                ),
+                "{result:?}"
+            );
+            // The copy of the buffer, and little else.
+            let buffer = SandboxBuilder::MAX_BUFFER_SIZE as usize;
+            assert!(
+                peak < buffer + buffer / 4,
+                "{peak} bytes for a {buffer}-byte buffer"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unexpected_message_is_quoted_without_formatting_it_whole() {
+        // Returned (2) a Vec<u8> (9) as large as the buffer holds, where the
+        // call asked for an i32: the error quotes it. Its Debug form would
+        // take three bytes per byte (768 MiB).
+        let mut g = largest_buffer_guest(|payload| filling(&[2, 9], payload), Port::Done);
+        let (result, peak) =
+            crate::allocations::peak_during(|| g.call("f", Vec::new(), ValueType::I32));
+        match result {
+            Err(Error::Protocol(ProtocolError::UnexpectedMessage { got, .. })) => {
+                assert!(got.len() <= QUOTE_LIMIT + 3, "{} bytes", got.len());
+                assert!(got.ends_with("..."), "{got}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The copy of the buffer and the decoded bytes: two buffers' worth.
+        let buffer = SandboxBuilder::MAX_BUFFER_SIZE as usize;
+        assert!(
+            peak < 2 * buffer + buffer / 2,
+            "{peak} bytes for a {buffer}-byte buffer"
+        );
+    }
+
+    #[test]
+    fn host_calls_are_checked_against_the_registry_before_they_run() {
+        let call = |function: &str, args: Vec<Value>| {
+            framed(&OutCall::CallHost {
+                function: String::from(function),
+                args,
+            })
+        };
+        let cases = [
+            call("missing", vec![]),
+            call("add", vec![Value::I32(1)]),
+            call("add", vec![Value::I32(1), Value::I64(2)]),
+            call("add", vec![Value::I32(1), Value::I32(2), Value::I32(3)]),
+        ];
+        for message in cases {
+            let mut g = guest(
+                RawGuest::new()
+                    .send_output(&ready(), Port::Done)
+                    .send_output(&message, Port::OutCall),
+            );
+            g.host_functions_mut().insert(
+                String::from("add"),
+                host_functions::Registered::new(|a: i32, b: i32| -> i32 {
+                    panic!("called with {a} and {b}")
+                }),
+            );
+            g.boot().unwrap();
+            assert!(matches!(
+                g.call("f", Vec::new(), ValueType::Void),
+                Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+            ));
+        }
+    }
+
+    #[test]
+    fn only_functions_the_host_knows_are_exported_get_metric_series() {
+        // A guest that answers "returned" to anything it is asked.
+        let returned = framed(&Response::Returned(Value::Void));
+        let mut raw = RawGuest::new().send_output(&ready(), Port::Done);
+        for _ in 0..4 {
+            raw = raw.send_output(&returned, Port::Done);
+        }
+        let mut g = guest(raw);
+        g.boot().unwrap();
+        let mut exports = Exports::new();
+        exports.insert(
+            String::from("known_export_1a2b"),
+            crate::compile::artifact::ExportedFunction {
+                name: String::from("known_export_1a2b"),
+                params: Vec::new(),
+                results: Vec::new(),
+            },
+        );
+        g.exports = Some(Arc::new(exports));
+        for name in ["made_up_1a2b", "another_made_up_1a2b"] {
+            assert!(matches!(
+                g.call(name, Vec::new(), ValueType::Void),
+                Err(Error::GuestFunctionNotFound { .. })
+            ));
+        }
+        g.call("known_export_1a2b", Vec::new(), ValueType::Void)
+            .unwrap();
+        let series: Vec<String> = prometheus::gather()
+            .iter()
+            .flat_map(|family| family.get_metric().to_vec())
+            .flat_map(|metric| metric.get_label().to_vec())
+            .map(|label| label.value().to_owned())
+            .filter(|value| value.ends_with("1a2b"))
+            .collect();
+        if cfg!(feature = "function_call_metrics") {
+            assert_eq!(series, ["known_export_1a2b"]);
+        } else {
+            assert!(series.is_empty());
+        }
     }
 
     #[test]

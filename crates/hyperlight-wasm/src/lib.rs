@@ -41,9 +41,15 @@
 //! # Modules
 //!
 //! [`WasmSandbox::load_module`] and [`WasmSandbox::load_module_from_buffer`]
-//! accept WebAssembly binaries (`.wasm`), WebAssembly text, and modules
-//! precompiled with [`compile_module`]. Binaries and text are compiled on the
-//! host with Cranelift; the guest only runs compiled code.
+//! accept WebAssembly binaries (`.wasm`) and WebAssembly text, compiled on
+//! the host with Cranelift; the guest only runs compiled code.
+//!
+//! Precompiled modules are code: the guest runs them unchecked. Artifacts
+//! from [`compile_module`] load only through the `unsafe`
+//! [`WasmSandbox::load_precompiled_module`]; artifacts from
+//! [`compile_module_authenticated`] load through the safe
+//! [`WasmSandbox::load_authenticated_module`], which checks their MAC under
+//! the application's [`ArtifactKey`] first.
 //!
 //! # Shared images
 //!
@@ -77,7 +83,11 @@ mod metrics;
 mod sandbox;
 mod vm;
 
-pub use compile::{compile_module, set_module_cache_dir};
+pub use compile::{
+    ArtifactKey, DEFAULT_DISK_CACHE_BYTES, DEFAULT_MAX_MODULE_SIZE, compile_module,
+    compile_module_authenticated, set_compile_threads, set_max_module_size, set_module_cache_dir,
+    set_module_cache_max_bytes,
+};
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
@@ -87,9 +97,77 @@ pub use sandbox::{
     SupportedParameterType, SupportedReturnType, WasmSandbox,
 };
 pub use vm::images::clear as clear_image_cache;
-pub use vm::interrupt::InterruptHandle;
+pub use vm::interrupt::{InterruptHandle, set_interrupt_signal};
 pub use vm::is_hypervisor_present;
 /// Raw KVM figures the benchmarks compare against; not a stable API.
 #[doc(hidden)]
 pub use vm::limits as __limits;
 pub use vm::reaper::wait_for_teardown;
+
+/// Counts what each thread allocates, for tests that check that hostile
+/// input cannot make the host allocate in proportion to what it claims.
+#[cfg(test)]
+pub(crate) mod allocations {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    struct Meter;
+
+    thread_local! {
+        /// Bytes this thread holds (what it allocated minus what it freed;
+        /// frees of other threads' memory make it drift, harmlessly).
+        static HELD: Cell<isize> = const { Cell::new(0) };
+        /// The most `HELD` reached since the last [`peak_during`] began.
+        static PEAK: Cell<isize> = const { Cell::new(0) };
+    }
+
+    fn account(delta: isize) {
+        let _ = HELD.try_with(|held| {
+            let now = held.get() + delta;
+            held.set(now);
+            let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
+        });
+    }
+
+    // SAFETY: every method forwards to the system allocator, which upholds
+    // GlobalAlloc's contract; the accounting touches no allocated memory
+    // and allocates nothing.
+    unsafe impl GlobalAlloc for Meter {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            account(layout.size() as isize);
+            // SAFETY: the caller upholds alloc's contract.
+            unsafe { System.alloc(layout) }
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            account(layout.size() as isize);
+            // SAFETY: as above.
+            unsafe { System.alloc_zeroed(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            account(-(layout.size() as isize));
+            // SAFETY: the caller upholds dealloc's contract.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            account(new_size as isize - layout.size() as isize);
+            // SAFETY: the caller upholds realloc's contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static METER: Meter = Meter;
+
+    /// Runs `f` and returns its result and the most bytes this thread held
+    /// at once during it, beyond what it held before.
+    pub(crate) fn peak_during<T>(f: impl FnOnce() -> T) -> (T, usize) {
+        let start = HELD.with(Cell::get);
+        PEAK.with(|peak| peak.set(start));
+        let result = f();
+        let peak = PEAK.with(Cell::get);
+        (result, (peak - start).max(0) as usize)
+    }
+}

@@ -22,18 +22,29 @@
 //!    between exits): the handler does nothing, `immediate_exit` makes the
 //!    next `KVM_RUN` return at once.
 //!
+//! The signal reaches the vCPU thread whatever that thread's signal mask:
+//! `KVM_SET_SIGNAL_MASK` gives `KVM_RUN` the thread's own mask minus the
+//! kick signal (set again whenever the thread's mask changes), so a thread
+//! that blocks every signal still gets kicked out of the guest; a kick left
+//! pending because the thread blocks it is consumed with `sigtimedwait`
+//! after `KVM_RUN` returns, so it cannot stop the next entry. The signal is
+//! `SIGRTMIN + 6` unless the application chose another with
+//! [`set_interrupt_signal`]; a handler the application installed for it is
+//! never replaced (creating a sandbox fails instead).
+//!
 //! Time limits use one process-wide watchdog thread that sleeps until the
 //! earliest deadline of the calls running now and kills the calls whose
 //! deadline passed; there is no thread per sandbox.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::error::{CancelReason, Error, Result};
 
-/// The offset from `SIGRTMIN` of the signal that kicks a vCPU.
+/// The offset from `SIGRTMIN` of the signal that kicks a vCPU, unless the
+/// application chose another.
 const KICK_SIGNAL_OFFSET: libc::c_int = 6;
 
 const NOT_CANCELLED: u8 = 0;
@@ -154,6 +165,12 @@ pub(crate) struct Interrupts {
     shared: Arc<Shared>,
     time_limit: Duration,
     watchdog_entry: Option<(Instant, u64)>,
+    /// The signal mask `KVM_RUN` runs with, as last given to
+    /// `KVM_SET_SIGNAL_MASK` (`None`: never set).
+    kvm_mask: Option<u64>,
+    /// Whether the thread running the current call blocks the kick signal
+    /// (then a kick stays pending after `KVM_RUN` and must be consumed).
+    thread_blocks_kick: bool,
 }
 
 impl Interrupts {
@@ -165,6 +182,9 @@ impl Interrupts {
         cancel_wait: Duration,
     ) -> Result<Interrupts> {
         install_signal_handler()?;
+        // A sandbox is never created without the thread that enforces its
+        // time limits.
+        watchdog()?;
         Ok(Interrupts {
             shared: Arc::new(Shared {
                 slot: Mutex::new(Slot {
@@ -180,6 +200,8 @@ impl Interrupts {
             }),
             time_limit,
             watchdog_entry: None,
+            kvm_mask: None,
+            thread_blocks_kick: false,
         })
     }
 
@@ -190,8 +212,25 @@ impl Interrupts {
     }
 
     /// Marks the start of a guest call on this thread and arms its time
-    /// limit.
-    pub(crate) fn begin(&mut self) {
+    /// limit. Gives `KVM_RUN` this thread's signal mask minus the kick
+    /// signal (through `vcpu`), so that the kick gets through whatever the
+    /// thread blocks.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WatchdogUnavailable`] if the watchdog thread cannot be
+    /// started (nothing is marked running then), [`Error::Kvm`] if KVM
+    /// refuses the signal mask.
+    pub(crate) fn begin(&mut self, vcpu: &kvm_ioctls::VcpuFd) -> Result<()> {
+        let watchdog = watchdog()?;
+        let kick = kick_bit(kick_signal());
+        let mask = thread_signal_mask();
+        self.thread_blocks_kick = mask & kick != 0;
+        let wanted = mask & !kick;
+        if self.kvm_mask != Some(wanted) {
+            set_kvm_signal_mask(vcpu, wanted)?;
+            self.kvm_mask = Some(wanted);
+        }
         let generation = {
             let mut slot = self.shared.lock();
             slot.running = true;
@@ -202,14 +241,37 @@ impl Interrupts {
             slot.generation
         };
         let deadline = Instant::now() + self.time_limit;
-        let id = watchdog().arm(deadline, Arc::downgrade(&self.shared), generation);
+        let id = watchdog.arm(deadline, Arc::downgrade(&self.shared), generation);
         self.watchdog_entry = Some((deadline, id));
+        Ok(())
+    }
+
+    /// Consumes kicks left pending on this thread (which blocks the kick
+    /// signal outside `KVM_RUN`): else the next `KVM_RUN` would return at
+    /// once, and every one after it.
+    pub(crate) fn consume_pending_kicks(&self) {
+        if !self.thread_blocks_kick {
+            return;
+        }
+        // SAFETY: sigtimedwait with a set of one signal, no info wanted and
+        // a zero timeout only dequeues a pending instance of that signal,
+        // whose handler does nothing anyway.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, kick_signal());
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) > 0 {}
+        }
     }
 
     /// Marks the end of the guest call and clears any kick left behind.
     pub(crate) fn end(&mut self) {
         if let Some((deadline, id)) = self.watchdog_entry.take() {
-            watchdog().disarm(deadline, id);
+            disarm(deadline, id);
         }
         let mut slot = self.shared.lock();
         slot.running = false;
@@ -223,13 +285,6 @@ impl Interrupts {
     /// Marks the vCPU thread as entering (`true`) or leaving `KVM_RUN`.
     pub(crate) fn set_in_guest(&self, in_guest: bool) {
         self.shared.in_guest.store(in_guest, Ordering::SeqCst);
-    }
-
-    /// Sets `kvm_run.immediate_exit` (from the vCPU thread).
-    pub(crate) fn set_immediate_exit(&self, set: bool) {
-        // SAFETY: the Vm that owns the mapping owns us and is alive.
-        unsafe { AtomicU8::from_ptr(self.shared.immediate_exit) }
-            .store(u8::from(set), Ordering::SeqCst);
     }
 
     /// Called when `KVM_RUN` returned `EINTR`, and before every entry:
@@ -253,7 +308,7 @@ impl Interrupts {
 impl Drop for Interrupts {
     fn drop(&mut self) {
         if let Some((deadline, id)) = self.watchdog_entry.take() {
-            watchdog().disarm(deadline, id);
+            disarm(deadline, id);
         }
         // The VM (and its kvm_run mapping) goes away with us: make sure no
         // handle believes a call is still running, even if the call was
@@ -265,35 +320,157 @@ impl Drop for Interrupts {
     }
 }
 
+/// Which signal kicks vCPUs, and whether its handler is installed.
+#[derive(Debug)]
+struct SignalChoice {
+    /// The application's choice ([`set_interrupt_signal`]), if any.
+    chosen: Option<libc::c_int>,
+    installed: bool,
+}
+
+static SIGNAL: Mutex<SignalChoice> = Mutex::new(SignalChoice {
+    chosen: None,
+    installed: false,
+});
+
+/// The installed kick signal (0 before the first sandbox).
+static KICK: AtomicI32 = AtomicI32::new(0);
+
 fn kick_signal() -> libc::c_int {
-    libc::SIGRTMIN() + KICK_SIGNAL_OFFSET
+    KICK.load(Ordering::Relaxed)
+}
+
+/// The bit of `signal` in a kernel signal mask.
+fn kick_bit(signal: libc::c_int) -> u64 {
+    match u32::try_from(signal - 1) {
+        Ok(bit) if bit < 64 => 1 << bit,
+        _ => 0,
+    }
+}
+
+/// Chooses the real-time signal that stops running guests (default
+/// `SIGRTMIN + 6`), for applications that use that one themselves. Call it
+/// before creating the first sandbox; the signal then belongs to
+/// hyperlight-wasm for the life of the process (its handler does nothing,
+/// and it is only ever sent to threads that are running a guest).
+///
+/// # Errors
+///
+/// [`Error::InvalidConfiguration`] for a signal outside
+/// `SIGRTMIN..=SIGRTMAX`, or when a sandbox was already created.
+pub fn set_interrupt_signal(signal: i32) -> Result<()> {
+    let mut choice = SIGNAL.lock().unwrap_or_else(|e| e.into_inner());
+    let invalid = |reason: String| Error::InvalidConfiguration {
+        setting: "set_interrupt_signal",
+        value: u64::try_from(signal).unwrap_or(0),
+        reason,
+    };
+    if choice.installed {
+        return Err(invalid(String::from(
+            "comes after the first sandbox was created; choose the signal before",
+        )));
+    }
+    let (min, max) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    if !(min..=max).contains(&signal) {
+        return Err(invalid(format!(
+            "is not a real-time signal ({min}..={max} here)"
+        )));
+    }
+    choice.chosen = Some(signal);
+    Ok(())
 }
 
 extern "C" fn on_kick(_: libc::c_int) {}
 
-/// Installs the no-op handler for the kick signal, once per process.
+/// Installs the no-op handler for the kick signal, once per process,
+/// unless the application has a handler of its own there.
 fn install_signal_handler() -> Result<()> {
-    static INSTALLED: OnceLock<Result<(), i32>> = OnceLock::new();
-    let result = INSTALLED.get_or_init(|| {
-        // SAFETY: a zeroed sigaction is a valid starting point; the handler
-        // is async-signal-safe (it does nothing). SA_RESTART keeps other
-        // system calls of the thread (say, in a host function) from failing
-        // with EINTR; KVM_RUN returns EINTR regardless.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
-            action.sa_flags = libc::SA_RESTART;
-            libc::sigemptyset(&mut action.sa_mask);
-            if libc::sigaction(kick_signal(), &action, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0));
-            }
-        }
-        Ok(())
-    });
-    result.map_err(|errno| Error::Os {
+    let mut choice = SIGNAL.lock().unwrap_or_else(|e| e.into_inner());
+    if choice.installed {
+        return Ok(());
+    }
+    let signal = choice
+        .chosen
+        .unwrap_or_else(|| libc::SIGRTMIN() + KICK_SIGNAL_OFFSET);
+    let os_error = || Error::Os {
         operation: "install the vCPU kick signal handler",
-        source: std::io::Error::from_raw_os_error(errno),
-    })
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: sigaction with a null new action only reads the current one
+    // into a zeroed struct we own.
+    let current = unsafe {
+        let mut current: libc::sigaction = std::mem::zeroed();
+        if libc::sigaction(signal, std::ptr::null(), &mut current) != 0 {
+            return Err(os_error());
+        }
+        current
+    };
+    if current.sa_sigaction != libc::SIG_DFL {
+        return Err(Error::InterruptSignalInUse { signal });
+    }
+    // SAFETY: a zeroed sigaction is a valid starting point; the handler is
+    // async-signal-safe (it does nothing). SA_RESTART keeps other system
+    // calls of the thread (say, in a host function) from failing with
+    // EINTR; KVM_RUN returns EINTR regardless.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_kick as extern "C" fn(libc::c_int) as usize;
+        action.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut action.sa_mask);
+        if libc::sigaction(signal, &action, std::ptr::null_mut()) != 0 {
+            return Err(os_error());
+        }
+    }
+    KICK.store(signal, Ordering::Relaxed);
+    choice.installed = true;
+    Ok(())
+}
+
+/// The calling thread's blocked signals, as a kernel signal mask (bit
+/// `n - 1` for signal `n`).
+fn thread_signal_mask() -> u64 {
+    // SAFETY: pthread_sigmask with a null new set only reads the current
+    // mask into a zeroed set we own; sigismember reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::pthread_sigmask(libc::SIG_BLOCK, std::ptr::null(), &mut set);
+        (1..=64).fold(0u64, |mask, signal| {
+            if libc::sigismember(&set, signal) == 1 {
+                mask | 1 << (signal - 1)
+            } else {
+                mask
+            }
+        })
+    }
+}
+
+/// `KVM_SET_SIGNAL_MASK`: `_IOW(KVMIO, 0x8b, struct kvm_signal_mask)`, a
+/// 4-byte header (the mask's length) followed by the kernel's 8-byte mask.
+const KVM_SET_SIGNAL_MASK: libc::c_ulong = (1 << 30) | (4 << 16) | (0xae << 8) | 0x8b;
+
+#[repr(C)]
+struct KvmSignalMask {
+    len: u32,
+    sigset: [u8; 8],
+}
+
+/// Makes `KVM_RUN` on `vcpu` run with signal mask `mask`.
+fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: u64) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    let request = KvmSignalMask {
+        len: 8,
+        sigset: mask.to_le_bytes(),
+    };
+    // SAFETY: KVM_SET_SIGNAL_MASK on our own vCPU fd with a kvm_signal_mask
+    // of the kernel's sigset size (8 bytes), which KVM only reads.
+    let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK, &request) };
+    if rc != 0 {
+        return Err(Error::Kvm {
+            operation: "KVM_SET_SIGNAL_MASK",
+            source: kvm_ioctls::Error::last(),
+        });
+    }
+    Ok(())
 }
 
 /// Deadlines of the running calls: (deadline, entry id) to the call's
@@ -317,29 +494,63 @@ struct Watchdog {
     state: Mutex<WatchdogState>,
     changed: Condvar,
     next_id: AtomicU64,
-    started: AtomicBool,
+    /// Whether its thread runs (set once it was started).
+    running: AtomicBool,
+    /// Serializes attempts to start the thread.
+    starting: Mutex<()>,
 }
 
-fn watchdog() -> &'static Watchdog {
-    static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
-    let watchdog = WATCHDOG.get_or_init(|| Watchdog {
-        state: Mutex::new(WatchdogState::default()),
-        changed: Condvar::new(),
-        next_id: AtomicU64::new(0),
-        started: AtomicBool::new(false),
-    });
-    if !watchdog.started.swap(true, Ordering::SeqCst) {
-        // If the thread cannot be spawned, time limits cannot be enforced:
-        // say so loudly rather than run calls without them.
+static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
+
+/// The watchdog, its thread started. If the thread cannot start, time
+/// limits cannot be enforced: the error goes to the caller (no call runs
+/// without its limit), and the next caller tries again.
+fn watchdog() -> Result<&'static Watchdog> {
+    let watchdog = WATCHDOG.get_or_init(Watchdog::new);
+    watchdog.ensure_started(|watchdog| {
         std::thread::Builder::new()
             .name(String::from("hyperlight-wasm-watchdog"))
             .spawn(move || watchdog.run())
-            .unwrap_or_else(|e| panic!("hyperlight-wasm cannot start its watchdog thread: {e}"));
+            .map(drop)
+    })?;
+    Ok(watchdog)
+}
+
+/// Removes a deadline (only ever armed on a started watchdog).
+fn disarm(deadline: Instant, id: u64) {
+    if let Some(watchdog) = WATCHDOG.get() {
+        watchdog.disarm(deadline, id);
     }
-    watchdog
 }
 
 impl Watchdog {
+    fn new() -> Watchdog {
+        Watchdog {
+            state: Mutex::new(WatchdogState::default()),
+            changed: Condvar::new(),
+            next_id: AtomicU64::new(0),
+            running: AtomicBool::new(false),
+            starting: Mutex::new(()),
+        }
+    }
+
+    /// Starts the thread with `spawn` unless it runs.
+    fn ensure_started(
+        &'static self,
+        spawn: impl FnOnce(&'static Watchdog) -> std::io::Result<()>,
+    ) -> Result<()> {
+        if self.running.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
+        if self.running.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        spawn(self).map_err(|source| Error::WatchdogUnavailable { source })?;
+        self.running.store(true, Ordering::Release);
+        Ok(())
+    }
+
     fn lock(&self) -> MutexGuard<'_, WatchdogState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -391,6 +602,51 @@ impl Watchdog {
                     .unwrap_or_else(|e| e.into_inner().0),
                 None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watchdog_that_cannot_start_is_an_error_and_is_retried() {
+        let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog::new()));
+        let refused = watchdog.ensure_started(|_| Err(std::io::Error::other("no threads left")));
+        assert!(matches!(refused, Err(Error::WatchdogUnavailable { .. })));
+        assert!(!watchdog.running.load(Ordering::SeqCst));
+        // The next caller tries again, and once it runs nobody starts it
+        // twice.
+        let mut spawned = 0;
+        watchdog
+            .ensure_started(|_| {
+                spawned += 1;
+                Ok(())
+            })
+            .unwrap();
+        watchdog
+            .ensure_started(|_| -> std::io::Result<()> { panic!("started twice") })
+            .unwrap();
+        assert_eq!(spawned, 1);
+    }
+
+    #[test]
+    fn signal_bits_follow_the_kernel_mask() {
+        assert_eq!(kick_bit(1), 1);
+        assert_eq!(kick_bit(40), 1 << 39);
+        assert_eq!(kick_bit(64), 1 << 63);
+        assert_eq!(kick_bit(0), 0);
+        assert_eq!(kick_bit(65), 0);
+    }
+
+    #[test]
+    fn only_real_time_signals_can_be_chosen() {
+        for signal in [0, libc::SIGINT, libc::SIGRTMAX() + 1] {
+            assert!(matches!(
+                set_interrupt_signal(signal),
+                Err(Error::InvalidConfiguration { .. })
+            ));
         }
     }
 }

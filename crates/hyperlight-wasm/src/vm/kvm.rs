@@ -75,6 +75,48 @@ fn open() -> Result<KvmHandle> {
     })
 }
 
+impl KvmHandle {
+    /// Whether the vCPUs, which get [`KvmHandle::cpuid`], see CPU feature
+    /// `feature` (a wasmtime feature name from
+    /// `hyperlight_wasm_protocol::engine::ISA_FEATURES`): what the guest's
+    /// wasmtime will find when it checks a module's features with `cpuid`.
+    /// This is not always what the host CPU has: a KVM may hide features
+    /// (seen: a nested KVM without LZCNT on a CPU with it).
+    pub(crate) fn vcpu_has_feature(&self, feature: &str) -> bool {
+        // (leaf, register, bit)
+        const ECX: usize = 2;
+        const EBX: usize = 1;
+        let (leaf, register, bit) = match feature {
+            "sse3" => (1, ECX, 0),
+            "ssse3" => (1, ECX, 9),
+            "cmpxchg16b" => (1, ECX, 13),
+            "sse4.1" => (1, ECX, 19),
+            "sse4.2" => (1, ECX, 20),
+            "popcnt" => (1, ECX, 23),
+            "bmi1" => (7, EBX, 3),
+            "bmi2" => (7, EBX, 8),
+            "lzcnt" => (0x8000_0001, ECX, 5),
+            _ => return false,
+        };
+        let entry = |function: u32| {
+            self.cpuid
+                .as_slice()
+                .iter()
+                .find(|e| e.function == function && e.index == 0)
+        };
+        // The guest's cpuid reader only looks at leaves up to the maximum
+        // the CPU reports (leaf 0, or 0x8000_0000 for extended leaves).
+        let max = entry(leaf & 0x8000_0000).map_or(0, |e| e.eax);
+        if max < leaf {
+            return false;
+        }
+        entry(leaf).is_some_and(|e| {
+            let value = [e.eax, e.ebx, e.ecx, e.edx][register];
+            value >> bit & 1 == 1
+        })
+    }
+}
+
 /// Whether this process can create sandboxes: `/dev/kvm` opens and offers
 /// what hyperlight-wasm needs.
 pub fn is_hypervisor_present() -> bool {

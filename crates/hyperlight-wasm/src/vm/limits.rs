@@ -5,12 +5,12 @@
 use hyperlight_wasm_protocol::boot::IMAGE_BASE;
 use hyperlight_wasm_protocol::port::Port;
 use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::elf::{GuestImage, Segment};
 use super::layout::{Layout, Sizes};
 use super::memory::GuestMemory;
-use super::{CallLimits, KVM_TSS_ADDRESS, Vm, create_vm, kvm};
+use super::{CallLimits, Exit, KVM_TSS_ADDRESS, Vm, create_vm, kvm};
 use crate::error::{Error, Result};
 use crate::sandbox::SandboxBuilder;
 
@@ -113,15 +113,11 @@ impl RawExitLoop {
     ///
     /// When the exit is anything but that `out`.
     pub fn round_trip(&mut self) -> Result<()> {
-        match self.vm.vcpu.run() {
-            Ok(VcpuExit::IoOut(port, _)) if port == Port::Done as u16 => Ok(()),
-            Ok(other) => Err(Error::UnexpectedExit {
+        match self.vm.enter_raw()? {
+            Some(Exit::Out { port, .. }) if port == Port::Done as u16 => Ok(()),
+            other => Err(Error::UnexpectedExit {
                 exit: format!("{other:?}"),
                 rip: 0,
-            }),
-            Err(source) => Err(Error::Kvm {
-                operation: "KVM_RUN",
-                source,
             }),
         }
     }
@@ -158,6 +154,12 @@ impl RawSpinLoop {
     ///
     /// When KVM or the OS refuse.
     pub fn new() -> Result<RawSpinLoop> {
+        RawSpinLoop::start(false)
+    }
+
+    /// [`RawSpinLoop::new`]; `panic_in_thread` makes the vCPU thread panic
+    /// before it runs the guest (a test of the error path).
+    fn start(panic_in_thread: bool) -> Result<RawSpinLoop> {
         let request = Layout::new(&default_sizes())?.heap.addr;
         // rdi = request; loop: rax = [rdi]; if rax == rbx goto loop;
         // if rax == STOP goto out; rbx = rax; [rdi + 8] = rax; goto loop;
@@ -186,26 +188,38 @@ impl RawSpinLoop {
         let vcpu = std::thread::Builder::new()
             .name(String::from("raw-spin-vcpu"))
             .spawn(move || {
-                let result = loop {
-                    match vm.vcpu.run() {
-                        Ok(VcpuExit::IoOut(port, _)) if port == Port::Done as u16 => break Ok(()),
-                        Ok(other) => {
-                            break Err(Error::UnexpectedExit {
-                                exit: format!("{other:?}"),
-                                rip: 0,
-                            });
+                // Whatever happens on this thread (a panic included), the VM
+                // and its memory outlive it: they are handed back to
+                // `drop`, which joins the thread before anything unmaps
+                // the words the host side reads.
+                let spin = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    loop {
+                        if panic_in_thread {
+                            panic!("the spinning vCPU thread panics, as asked");
                         }
-                        // A signal: go on spinning.
-                        Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {}
-                        Err(source) => {
-                            break Err(Error::Kvm {
-                                operation: "KVM_RUN",
-                                source,
-                            });
+                        match vm.enter_raw() {
+                            Ok(Some(Exit::Out { port, .. })) if port == Port::Done as u16 => {
+                                break Ok(());
+                            }
+                            // A signal: go on spinning.
+                            Ok(None) => {}
+                            Ok(Some(other)) => {
+                                break Err(Error::UnexpectedExit {
+                                    exit: format!("{other:?}"),
+                                    rip: 0,
+                                });
+                            }
+                            Err(e) => break Err(e),
                         }
                     }
-                };
+                }));
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
+                let result = spin.unwrap_or_else(|_| {
+                    Err(Error::UnexpectedExit {
+                        exit: String::from("the spinning vCPU thread panicked"),
+                        rip: 0,
+                    })
+                });
                 (result, vm)
             })
             .map_err(|e| Error::Os {
@@ -263,5 +277,25 @@ impl Drop for RawSpinLoop {
             // The VM drops here, after its thread is gone.
             drop(vcpu.join());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_spin_loop_round_trips_and_survives_a_panicking_thread() {
+        let mut spin = RawSpinLoop::new().unwrap();
+        for _ in 0..100 {
+            spin.round_trip().unwrap();
+        }
+        drop(spin);
+        // The vCPU thread panics: the host side gets an error (guest
+        // memory is still mapped), and drop joins without touching freed
+        // memory.
+        let mut spin = RawSpinLoop::start(true).unwrap();
+        assert!(spin.round_trip().is_err());
+        drop(spin);
     }
 }

@@ -9,6 +9,8 @@
 //! Every access goes through offset-based, bounds-checked copies; the host
 //! never holds a reference into guest memory (the guest can write it).
 
+#[cfg(test)]
+use std::os::fd::{AsFd, FromRawFd};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
@@ -34,6 +36,13 @@ pub(crate) struct GuestMemory {
     /// Pages the host wrote since the last [`GuestMemory::take_host_dirty`]
     /// (one bit per page; KVM's dirty log only sees guest writes).
     host_dirty: Vec<u64>,
+    /// Set when a failed [`GuestMemory::map_image`] left the range mapped
+    /// inaccessible: every access is refused from then on (the sandbox is
+    /// poisoned by that failure anyway).
+    broken: bool,
+    /// Makes the next this-many mappings fail (tests of the error paths).
+    #[cfg(test)]
+    fail_maps: std::cell::Cell<u32>,
 }
 
 // SAFETY: GuestMemory owns its mapping exclusively (nothing else holds the
@@ -77,6 +86,9 @@ impl GuestMemory {
             ptr,
             size: len,
             host_dirty: vec![0; pages.div_ceil(64)],
+            broken: false,
+            #[cfg(test)]
+            fail_maps: std::cell::Cell::new(0),
         })
     }
 
@@ -97,6 +109,9 @@ impl GuestMemory {
             len: len as u64,
             size: self.size as u64,
         };
+        if self.broken {
+            return Err(err);
+        }
         let start = usize::try_from(addr).map_err(|_| err)?;
         match start.checked_add(len) {
             Some(end) if end <= self.size => Ok(start),
@@ -161,12 +176,19 @@ impl GuestMemory {
             })
         });
         if let Err(source) = result {
-            // Leave zeroed memory mapped over the whole range, so that it
-            // stays ours (our drop unmaps it) and reads of it stay valid.
+            // The range must stay mapped by us: KVM's memory slot and our
+            // drop still refer to it, and a hole could be filled by another
+            // mapping of the process. Zeroed memory if it can be had; else
+            // (say, under strict overcommit, where that memory cannot be
+            // committed) an inaccessible mapping, which commits nothing, and
+            // the memory refuses every access from then on.
             if self.map_fixed(0, self.size, None).is_err() {
-                // Nothing sound can continue with a hole where guest memory
-                // was (KVM and our drop still refer to it).
-                std::process::abort();
+                if self.map_inaccessible().is_err() {
+                    // Not even an inaccessible mapping: nothing sound can
+                    // continue with a hole where guest memory was.
+                    std::process::abort();
+                }
+                self.broken = true;
             }
             return Err(Error::Os {
                 operation: "map a snapshot image over guest memory",
@@ -174,6 +196,25 @@ impl GuestMemory {
             });
         }
         self.host_dirty.iter_mut().for_each(|w| *w = 0);
+        Ok(())
+    }
+
+    /// Maps the whole range inaccessible, in place (commits no memory).
+    fn map_inaccessible(&self) -> std::io::Result<()> {
+        // SAFETY: replaces our own mapping in place, as in `map_fixed`.
+        let ptr = unsafe {
+            libc::mmap(
+                self.ptr.as_ptr().cast(),
+                self.size,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
         Ok(())
     }
 
@@ -194,6 +235,11 @@ impl GuestMemory {
             ),
             None => (libc::MAP_ANONYMOUS, -1, 0),
         };
+        #[cfg(test)]
+        if self.fail_maps.get() > 0 {
+            self.fail_maps.set(self.fail_maps.get() - 1);
+            return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
+        }
         // SAFETY: the callers keep `offset..offset + len` inside our own
         // mapping, which MAP_FIXED replaces in place; nothing but KVM refers
         // to it (KVM follows the change through its MMU notifier), and the
@@ -340,6 +386,35 @@ impl Drop for GuestMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_image_mapping_is_an_error_not_an_abort() {
+        let mut mem = GuestMemory::new(0x4000).unwrap();
+        let image = {
+            // SAFETY: a NUL-terminated name; the result is checked.
+            let fd = unsafe { libc::memfd_create(c"test-image".as_ptr(), libc::MFD_CLOEXEC) };
+            assert!(fd >= 0);
+            // SAFETY: a new descriptor nothing else owns.
+            let file = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+            std::fs::File::from(file.try_clone().unwrap())
+                .set_len(0x4000)
+                .unwrap();
+            file
+        };
+        // The image's mapping fails, then the zeroed memory that should
+        // replace it (as under strict overcommit).
+        mem.fail_maps.set(2);
+        assert!(mem.map_image(image.as_fd(), &[(0, 2)]).is_err());
+        // Not aborted; the memory refuses every access now.
+        assert!(mem.read_u64(0).is_err());
+        assert!(mem.write(0, &[1]).is_err());
+        // When only the image fails, zeroed memory takes its place.
+        let mut mem = GuestMemory::new(0x4000).unwrap();
+        mem.write(0, &[7]).unwrap();
+        mem.fail_maps.set(1);
+        assert!(mem.map_image(image.as_fd(), &[(0, 2)]).is_err());
+        assert_eq!(mem.read_u64(0).unwrap(), 0);
+    }
 
     #[test]
     fn accesses_are_bounds_checked() {

@@ -19,6 +19,7 @@ pub(crate) mod layout;
 pub mod limits;
 pub(crate) mod memory;
 pub(crate) mod reaper;
+mod run;
 pub(crate) mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -32,15 +33,17 @@ use kvm_bindings::{
     KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
     KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
 };
-use kvm_ioctls::{Cap, VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
 use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
 use self::images::ImageKey;
 use self::interrupt::{InterruptHandle, Interrupts};
 pub use self::kvm::is_hypervisor_present;
+pub(crate) use self::kvm::kvm as kvm_handle;
 use self::layout::{EXCEPTION_STACK, EXCEPTION_STUBS, Layout, PAGE_SIZE, STUB_SIZE, Sizes};
 use self::memory::GuestMemory;
+use self::run::KvmRun;
 use self::snapshot::{PageSet, Snapshot};
 use crate::error::{Error, FaultCause, GuestException, Result};
 
@@ -65,7 +68,7 @@ pub(crate) enum GuestExit {
 
 /// A VM exit, copied out of the vCPU's shared `kvm_run` page.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Exit {
+pub(crate) enum Exit {
     Out {
         port: u16,
         byte: Option<u8>,
@@ -106,6 +109,9 @@ static NEXT_VM: AtomicU64 = AtomicU64::new(1);
 #[derive(Debug)]
 pub(crate) struct Vm {
     interrupts: Interrupts,
+    /// The vCPU's `kvm_run` page (mapped by `vcpu`), only ever accessed
+    /// through raw pointers.
+    run: KvmRun,
     vcpu: VcpuFd,
     vm: VmFd,
     memory: GuestMemory,
@@ -145,6 +151,10 @@ pub(crate) struct Vm {
     since_base: PageSet,
     /// The snapshot memory matched when it was last taken or restored.
     base: Option<Arc<Snapshot>>,
+    /// Makes the next snapshots fail reading the vCPU (tests of the error
+    /// paths).
+    #[cfg(test)]
+    pub(crate) fail_register_reads: bool,
 }
 
 impl Vm {
@@ -210,11 +220,17 @@ impl Vm {
             });
         }
 
-        let immediate_exit: *mut u8 = &mut vcpu.get_kvm_run().immediate_exit;
-        let interrupts = Interrupts::new(immediate_exit, limits.time_limit, limits.cancel_wait)?;
+        let mmap_size = handle
+            .kvm
+            .get_vcpu_mmap_size()
+            .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?;
+        let run = KvmRun::new(&mut vcpu, mmap_size);
+        let interrupts =
+            Interrupts::new(run.immediate_exit(), limits.time_limit, limits.cancel_wait)?;
         let pages = memory.pages();
         Ok(Vm {
             interrupts,
+            run,
             vcpu,
             vm,
             memory,
@@ -232,6 +248,8 @@ impl Vm {
             touched: PageSet::new(pages),
             since_base: PageSet::new(pages),
             base: None,
+            #[cfg(test)]
+            fail_register_reads: false,
         })
     }
 
@@ -309,19 +327,17 @@ impl Vm {
     /// Registers set through the `kvm_run` page are applied by that entry
     /// too.
     pub(crate) fn complete_pending_exit(&mut self) -> Result<()> {
-        self.interrupts.set_immediate_exit(true);
-        let result = self.vcpu.run().map(|exit| format!("{exit:?}"));
-        self.interrupts.set_immediate_exit(false);
+        self.run.set_immediate_exit(true);
+        let result = self.run.enter(&self.vcpu);
+        self.run.set_immediate_exit(false);
         match result {
-            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                self.apply_pending_registers()
-            }
-            Err(source) => Err(Error::Kvm {
+            Err(libc::EINTR | libc::EAGAIN) => self.apply_pending_registers(),
+            Err(errno) => Err(Error::Kvm {
                 operation: "KVM_RUN (completing the last exit)",
-                source,
+                source: kvm_ioctls::Error::new(errno),
             }),
-            Ok(exit) => Err(Error::UnexpectedExit {
-                exit: format!("{exit} while completing the last exit"),
+            Ok(()) => Err(Error::UnexpectedExit {
+                exit: format!("{:?} while completing the last exit", self.run.exit()),
                 rip: self.rip()?,
             }),
         }
@@ -348,8 +364,13 @@ impl Vm {
     }
 
     /// Marks the start of a guest request (its time limit starts now).
-    pub(crate) fn begin_call(&mut self) {
-        self.interrupts.begin();
+    ///
+    /// # Errors
+    ///
+    /// When the time limit cannot be armed (the watchdog thread cannot
+    /// start) or KVM refuses the signal mask; the request must not run.
+    pub(crate) fn begin_call(&mut self) -> Result<()> {
+        self.interrupts.begin(&self.vcpu)
     }
 
     /// Marks the end of a guest request.
@@ -365,29 +386,20 @@ impl Vm {
             self.interrupts.check()?;
             self.interrupts.set_in_guest(true);
             self.entries += 1;
-            let result = self.vcpu.run();
+            let result = self.run.enter(&self.vcpu);
             self.interrupts.set_in_guest(false);
             match result {
-                Ok(VcpuExit::IoOut(port, data)) => {
-                    break Exit::Out {
-                        port,
-                        byte: data.first().copied(),
-                        len: data.len(),
-                    };
-                }
-                Ok(VcpuExit::IoIn(port, _)) => break Exit::In { port },
-                Ok(VcpuExit::Shutdown) => break Exit::Shutdown,
-                Ok(VcpuExit::MmioRead(gpa, _) | VcpuExit::MmioWrite(gpa, _)) => {
-                    break Exit::Mmio { gpa };
-                }
-                Ok(other) => break Exit::Other(format!("{other:?}")),
+                Ok(()) => break self.run.exit(),
                 // A signal or `immediate_exit` interrupted KVM_RUN: the loop
                 // checks whether the call must stop before going on.
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
-                Err(source) => {
+                Err(libc::EINTR | libc::EAGAIN) => {
+                    self.interrupts.consume_pending_kicks();
+                    continue;
+                }
+                Err(errno) => {
                     return Err(Error::Kvm {
                         operation: "KVM_RUN",
-                        source,
+                        source: kvm_ioctls::Error::new(errno),
                     });
                 }
             }
@@ -396,6 +408,19 @@ impl Vm {
         // RIP past it (which KVM skips when RIP was set since).
         self.pending_emulation = !matches!(exit, Exit::Out { len: 1, .. });
         self.classify(exit)
+    }
+
+    /// One `KVM_RUN` as it is, for the benchmarks' raw guests: the exit,
+    /// or `None` when a signal interrupted it.
+    pub(crate) fn enter_raw(&mut self) -> Result<Option<Exit>> {
+        match self.run.enter(&self.vcpu) {
+            Ok(()) => Ok(Some(self.run.exit())),
+            Err(libc::EINTR | libc::EAGAIN) => Ok(None),
+            Err(errno) => Err(Error::Kvm {
+                operation: "KVM_RUN",
+                source: kvm_ioctls::Error::new(errno),
+            }),
+        }
     }
 
     fn classify(&self, exit: Exit) -> Result<GuestExit> {

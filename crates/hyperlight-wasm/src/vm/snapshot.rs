@@ -58,7 +58,7 @@ pub(crate) struct Snapshot {
     /// A read-only shared mapping of `file`, for copying pages back. Only
     /// the pages in `pages` are ever read through it (reading a hole would
     /// allocate a page in the image).
-    view: NonNull<u8>,
+    view: View,
     /// Bytes of guest memory (and of `file`).
     size: usize,
     /// The region sizes of the VM it was taken of: only a VM laid out the
@@ -108,15 +108,25 @@ impl Snapshot {
         }
         // SAFETY: the page lies inside the mapping (checked above), which is
         // readable, immutable (sealed) and lives as long as `self`.
-        Some(unsafe { std::slice::from_raw_parts(self.view.as_ptr().add(page * PAGE), PAGE) })
+        Some(unsafe { std::slice::from_raw_parts(self.view.ptr.as_ptr().add(page * PAGE), PAGE) })
     }
 }
 
-impl Drop for Snapshot {
+/// A read-only mapping of a snapshot's image, unmapped when dropped (so
+/// that no error path between mapping it and building the snapshot can
+/// leak it).
+#[derive(Debug)]
+struct View {
+    ptr: NonNull<u8>,
+    size: usize,
+}
+
+impl Drop for View {
     fn drop(&mut self) {
-        // SAFETY: `view` was mapped in `Vm::snapshot` with this size and is
-        // unmapped once, here; no slice of it outlives `self`.
-        let rc = unsafe { libc::munmap(self.view.as_ptr().cast(), self.size) };
+        // SAFETY: the mapping was made in `seal_and_view` with this size and
+        // is unmapped once, here; no slice of it outlives its snapshot,
+        // which owns the view.
+        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size) };
         debug_assert_eq!(rc, 0, "munmap of a snapshot view failed");
     }
 }
@@ -284,7 +294,7 @@ fn create_image_file(size: usize) -> Result<OwnedFd> {
 }
 
 /// Seals `file` against every change and maps it read-only.
-fn seal_and_view(file: &OwnedFd, size: usize) -> Result<NonNull<u8>> {
+fn seal_and_view(file: &OwnedFd, size: usize) -> Result<View> {
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
@@ -306,10 +316,11 @@ fn seal_and_view(file: &OwnedFd, size: usize) -> Result<NonNull<u8>> {
     if view == libc::MAP_FAILED {
         return Err(os_error("map a snapshot image"));
     }
-    NonNull::new(view.cast::<u8>()).ok_or_else(|| Error::Os {
+    let ptr = NonNull::new(view.cast::<u8>()).ok_or_else(|| Error::Os {
         operation: "map a snapshot image",
         source: std::io::Error::other("mmap returned a null mapping"),
-    })
+    })?;
+    Ok(View { ptr, size })
 }
 
 impl Vm {
@@ -413,6 +424,22 @@ impl Vm {
         if let Some(backing) = &self.backing {
             pages.union(&backing.pages);
         }
+        // The vCPU first: nothing to undo if KVM fails here.
+        let kvm = |operation| move |source| Error::Kvm { operation, source };
+        #[cfg(test)]
+        if self.fail_register_reads {
+            return Err(Error::Kvm {
+                operation: "KVM_GET_REGS",
+                source: kvm_ioctls::Error::new(libc::EIO),
+            });
+        }
+        let regs = self.vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+        let sregs = self.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+        let fpu = self.fpu_state()?;
+        let events = self
+            .vcpu
+            .get_vcpu_events()
+            .map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
         let size = self.memory.size() as usize;
         let file = create_image_file(size)?;
         self.memory
@@ -422,7 +449,6 @@ impl Vm {
                 source,
             })?;
         let view = seal_and_view(&file, size)?;
-        let kvm = |operation| move |source| Error::Kvm { operation, source };
         let snapshot = Arc::new(Snapshot {
             owner: (sharing == Sharing::Private).then_some(self.id),
             id: NEXT_SNAPSHOT.fetch_add(1, Ordering::Relaxed),
@@ -432,13 +458,10 @@ impl Vm {
             sizes: self.sizes,
             runs: runs(&pages),
             pages,
-            regs: self.vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?,
-            sregs: self.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?,
-            fpu: self.fpu_state()?,
-            events: self
-                .vcpu
-                .get_vcpu_events()
-                .map_err(kvm("KVM_GET_VCPU_EVENTS"))?,
+            regs,
+            sregs,
+            fpu,
+            events,
         });
         self.since_base.clear();
         self.base = Some(Arc::clone(&snapshot));
@@ -526,17 +549,17 @@ impl Vm {
     fn set_vcpu_state(&mut self, snapshot: &Snapshot) -> Result<()> {
         let kvm = |operation| move |source| Error::Kvm { operation, source };
         if self.sync_regs {
-            let sync = self.vcpu.sync_regs_mut();
+            let mut sync = self.run.sync_regs();
             sync.regs = snapshot.regs;
             sync.sregs = snapshot.sregs;
             sync.events = snapshot.events;
-            for reg in [
-                SyncReg::Register,
-                SyncReg::SystemRegister,
-                SyncReg::VcpuEvents,
-            ] {
-                self.vcpu.set_sync_dirty_reg(reg);
-            }
+            self.run.set_sync_regs(&sync);
+            self.run.set_dirty_regs(
+                self.run.dirty_regs()
+                    | SyncReg::Register as u64
+                    | SyncReg::SystemRegister as u64
+                    | SyncReg::VcpuEvents as u64,
+            );
         } else {
             self.vcpu
                 .set_regs(&snapshot.regs)
@@ -596,11 +619,11 @@ impl Vm {
             return Ok(());
         }
         let kvm = |operation| move |source| Error::Kvm { operation, source };
-        let pending = self.vcpu.get_kvm_run().kvm_dirty_regs;
+        let pending = self.run.dirty_regs();
         if pending == 0 {
             return Ok(());
         }
-        let sync = self.vcpu.sync_regs();
+        let sync = self.run.sync_regs();
         if pending & SyncReg::Register as u64 != 0 {
             self.vcpu
                 .set_regs(&sync.regs)
@@ -616,7 +639,7 @@ impl Vm {
                 .set_vcpu_events(&sync.events)
                 .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
         }
-        self.vcpu.get_kvm_run().kvm_dirty_regs = 0;
+        self.run.set_dirty_regs(0);
         Ok(())
     }
 }
@@ -673,6 +696,32 @@ mod tests {
             (fpu.xmm[0], fpu.mxcsr)
         };
         (regs.rip, regs.rbx, sregs.fs.selector, xmm0, mxcsr)
+    }
+
+    #[test]
+    fn a_snapshot_that_fails_leaks_no_mapping() {
+        if !crate::vm::testing::in_child_process(
+            "vm::snapshot::tests::a_snapshot_that_fails_leaks_no_mapping",
+        ) {
+            return;
+        }
+        use crate::vm::testing::snapshot_mappings;
+        let mut vm = RawGuest::new().spin().vm();
+        let before = snapshot_mappings();
+        let kept = vm.snapshot(Sharing::Private).unwrap();
+        assert_eq!(snapshot_mappings(), before + 1);
+        vm.fail_register_reads = true;
+        for _ in 0..10 {
+            assert!(matches!(
+                vm.snapshot(Sharing::Private),
+                Err(Error::Kvm { .. })
+            ));
+        }
+        assert_eq!(snapshot_mappings(), before + 1);
+        // The VM holds the last snapshot it took too.
+        drop(vm);
+        drop(kept);
+        assert_eq!(snapshot_mappings(), before);
     }
 
     #[test]

@@ -86,6 +86,11 @@ impl RawGuest {
 
     /// A VM that runs this guest with these call limits.
     pub(crate) fn vm_with(&self, limits: CallLimits) -> Vm {
+        self.vm_sized(&SIZES, limits)
+    }
+
+    /// A VM of these region sizes that runs this guest.
+    pub(crate) fn vm_sized(&self, sizes: &Sizes, limits: CallLimits) -> Vm {
         assert!(self.code.len() <= DATA_OFFSET, "raw guest code too long");
         let mut bytes = self.code.clone();
         bytes.resize(DATA_OFFSET, 0x90);
@@ -100,6 +105,42 @@ impl RawGuest {
                 executable: true,
             }],
         };
-        Vm::with_image(&SIZES, limits, &image).expect("test VM")
+        Vm::with_image(sizes, limits, &image).expect("test VM")
     }
+}
+
+/// For tests of process-wide state: runs the test `name` (its full path,
+/// e.g. `vm::tests::x`) again in a child process of its own and checks
+/// that it passed there. Returns `true` in that child, where the test does
+/// its work, and `false` in the parent, which must then return.
+pub(crate) fn in_child_process(name: &str) -> bool {
+    const CHILD: &str = "HYPERLIGHT_WASM_CHILD_TEST";
+    if std::env::var_os(CHILD).is_some() {
+        return true;
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let output = std::process::Command::new(exe)
+        .args([name, "--exact", "--test-threads=1", "--nocapture"])
+        .env(CHILD, "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the test binary runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("1 passed"),
+        "{name} failed in its own process ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    false
+}
+
+/// Mappings of snapshot images this process has now (lines of
+/// `/proc/self/maps`).
+pub(crate) fn snapshot_mappings() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .expect("/proc/self/maps")
+        .lines()
+        .filter(|line| line.contains("hyperlight-wasm-snapshot"))
+        .count()
 }

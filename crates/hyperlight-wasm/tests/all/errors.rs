@@ -1,7 +1,9 @@
 //! Bad paths: each is a typed error, the host survives, and the sandbox
 //! stays usable where the failure was the module's, not the guest's.
 
-use hyperlight_wasm::{Error, LoadedWasmSandbox, TrapKind, compile_module};
+use hyperlight_wasm::{
+    ArtifactKey, Error, LoadedWasmSandbox, TrapKind, compile_module, compile_module_authenticated,
+};
 
 use crate::common::{BASIC, loaded, runtime};
 
@@ -221,18 +223,86 @@ fn a_trapping_start_function_fails_the_load() {
 }
 
 #[test]
-fn a_stale_precompiled_module_is_rejected() {
+fn precompiled_bytes_need_the_unsafe_loader() {
+    let artifact = compile_module(BASIC.as_bytes()).unwrap();
+    let key = ArtifactKey::new([5; 32]);
+    let signed = compile_module_authenticated(BASIC.as_bytes(), &key).unwrap();
+    // A raw wasmtime artifact is refused as well: nothing precompiled gets
+    // through the safe loaders.
+    let engine = wasmtime::Engine::default();
+    let raw = engine.precompile_module(BASIC.as_bytes()).unwrap();
+    for bytes in [&artifact, &signed, &raw] {
+        match runtime().load_module_from_buffer(bytes) {
+            Err(e @ Error::PrecompiledModuleNeedsUnsafeLoader) => {
+                assert!(e.to_string().contains("unsafe"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // From a file too.
+    let path = std::env::temp_dir().join(format!("hlw-artifact-{}.hlwa", std::process::id()));
+    std::fs::write(&path, &artifact).unwrap();
+    assert!(matches!(
+        runtime().load_module(&path),
+        Err(Error::PrecompiledModuleNeedsUnsafeLoader)
+    ));
+    // SAFETY: produced just now by this build's compile_module.
+    let mut sandbox = unsafe { runtime().load_precompiled_module(&path) }.unwrap();
+    assert_eq!(
+        sandbox.call_guest_function::<i32>("add", (2, 3)).unwrap(),
+        5
+    );
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn authenticated_artifacts_load_safely_and_forgeries_do_not() {
+    let key = ArtifactKey::new([7; 32]);
+    let signed = compile_module_authenticated(BASIC.as_bytes(), &key).unwrap();
+    let mut sandbox = runtime()
+        .load_authenticated_module_from_buffer(&signed, &key)
+        .unwrap();
+    assert_eq!(sandbox.call_guest_function::<i32>("fib", 15).unwrap(), 610);
+    // Another key, a changed byte in the code, the MAC cut off, an artifact
+    // without a MAC: all refused before the guest sees them.
+    let mut forged = signed.clone();
+    let middle = forged.len() / 2;
+    forged[middle] ^= 0x01;
+    let plain = compile_module(BASIC.as_bytes()).unwrap();
+    let other_key = ArtifactKey::new([8; 32]);
+    let cases: [(&[u8], &ArtifactKey); 4] = [
+        (&signed, &other_key),
+        (&forged, &key),
+        (&signed[..signed.len() - 1], &key),
+        (&plain, &key),
+    ];
+    for (bytes, key) in cases {
+        assert!(
+            matches!(
+                runtime().load_authenticated_module_from_buffer(bytes, key),
+                Err(Error::ArtifactNotAuthentic { .. })
+            ),
+            "{} bytes",
+            bytes.len()
+        );
+    }
+}
+
+#[test]
+fn a_stale_precompiled_module_is_rejected_by_the_guest() {
     let mut artifact = compile_module(BASIC.as_bytes()).unwrap();
-    // Pretend another wasmtime version produced it: its engine section
-    // starts with a format byte (0), the length of the major version (2)
-    // and the version ("48").
+    // Pretend another wasmtime version produced the code: its engine
+    // section starts with a format byte (0), the length of the major
+    // version (2) and the version ("48").
     let section = [0, 2, b'4', b'8'];
     let at = artifact
         .windows(section.len())
         .position(|w| w == section)
         .expect("the artifact names its wasmtime version");
     artifact[at + 2..at + 4].copy_from_slice(b"47");
-    match runtime().load_module_from_buffer(&artifact) {
+    // SAFETY: the test knows exactly what it changed; the guest's check of
+    // the version is what is tested.
+    match unsafe { runtime().load_precompiled_module_from_buffer(&artifact) } {
         Err(Error::IncompatibleModule { message }) => {
             assert!(message.contains("version"), "{message}");
         }
@@ -241,23 +311,53 @@ fn a_stale_precompiled_module_is_rejected() {
 }
 
 #[test]
-fn a_module_precompiled_with_another_configuration_is_rejected() {
-    // Default wasmtime settings for the guest's target: different tunables.
+fn artifacts_not_made_by_hyperlight_wasm_are_rejected_by_the_unsafe_loader() {
+    // Default wasmtime settings for the guest's target, and for Linux.
     let mut config = wasmtime::Config::new();
     config.target("x86_64-unknown-none").unwrap();
     let engine = wasmtime::Engine::new(&config).unwrap();
-    let artifact = engine.precompile_module(BASIC.as_bytes()).unwrap();
-    assert!(matches!(
-        runtime().load_module_from_buffer(&artifact),
-        Err(Error::IncompatibleModule { .. })
-    ));
-    // Compiled for Linux instead of the guest.
-    let engine = wasmtime::Engine::default();
-    let artifact = engine.precompile_module(BASIC.as_bytes()).unwrap();
-    assert!(matches!(
-        runtime().load_module_from_buffer(&artifact),
-        Err(Error::IncompatibleModule { .. })
-    ));
+    let guest_target = engine.precompile_module(BASIC.as_bytes()).unwrap();
+    let linux = wasmtime::Engine::default()
+        .precompile_module(BASIC.as_bytes())
+        .unwrap();
+    for artifact in [guest_target, linux] {
+        // SAFETY: the loader refuses these before any code reaches the
+        // guest (which is what is tested).
+        let loaded = unsafe { runtime().load_precompiled_module_from_buffer(&artifact) };
+        assert!(matches!(loaded, Err(Error::IncompatibleModule { .. })));
+    }
+}
+
+#[test]
+fn a_module_file_over_the_size_limit_is_not_read() {
+    // A sparse file of 1 GiB: it would take a second to read, and the
+    // limit (128 MiB) refuses it from its size alone.
+    let path = std::env::temp_dir().join(format!("hlw-huge-{}.wasm", std::process::id()));
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(1 << 30).unwrap();
+    match runtime().load_module(&path) {
+        Err(Error::ModuleTooLarge { size, limit }) => {
+            assert_eq!(size, 1 << 30);
+            assert_eq!(limit, hyperlight_wasm::DEFAULT_MAX_MODULE_SIZE);
+        }
+        other => panic!("{other:?}"),
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn calling_a_name_the_module_does_not_export_never_reaches_the_guest() {
+    let mut sandbox = loaded(BASIC);
+    for name in ["nope", "", "add ", "memory"] {
+        assert!(matches!(
+            sandbox.call_guest_function::<i32>(name, ()),
+            Err(Error::GuestFunctionNotFound { .. })
+        ));
+    }
+    assert_eq!(
+        sandbox.call_guest_function::<i32>("add", (1, 1)).unwrap(),
+        2
+    );
 }
 
 #[test]

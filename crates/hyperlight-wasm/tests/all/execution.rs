@@ -6,7 +6,7 @@ use std::thread;
 
 use hyperlight_wasm::{CancelReason, Error, LoadedWasmSandbox, SandboxBuilder};
 
-use crate::common::{require_kvm, with_allocator};
+use crate::common::{loaded, require_kvm, with_allocator};
 
 /// Loops forever; `spin_after_host` tells the host first; `wait_in_host`
 /// blocks in a host function; `count` increments a global; `store`/`load`
@@ -218,18 +218,61 @@ fn the_interrupt_handle_is_send_and_sync() {
 }
 
 #[test]
-fn running_out_of_heap_is_an_error_and_the_sandbox_recovers() {
+fn memory_grow_past_the_heap_returns_minus_one_and_the_call_goes_on() {
+    // `grow` grows 16 pages at a time until memory.grow returns -1, then
+    // returns memory.size: the heap (8 MiB, 128 pages) ends the growth, not
+    // the call.
     let builder = SandboxBuilder::new().with_guest_heap_size(8 << 20);
     let (mut sb, _) = sandbox(builder);
     sb.call_guest_function::<()>("store", 99).unwrap();
-    match sb.call_guest_function::<i32>("grow", ()) {
-        Err(Error::GuestOutOfMemory { message }) => {
-            assert!(message.contains("linear memory"), "{message}")
-        }
-        other => panic!("{other:?}"),
-    }
+    let pages = sb.call_guest_function::<i32>("grow", ()).unwrap();
+    assert!((2..128).contains(&pages), "{pages} pages");
     still_works(&mut sb);
     assert_eq!(sb.call_guest_function::<i32>("load", ()).unwrap(), 0);
+}
+
+#[test]
+fn memory_grow_past_the_declared_maximum_returns_minus_one() {
+    let mut sb = loaded(
+        r#"(module (memory 1 64)
+            (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+            (func (export "size") (result i32) (memory.size)))"#,
+    );
+    assert_eq!(sb.call_guest_function::<i32>("grow", 100).unwrap(), -1);
+    assert_eq!(sb.call_guest_function::<i32>("grow", 64).unwrap(), -1);
+    assert_eq!(sb.call_guest_function::<i32>("grow", 63).unwrap(), 1);
+    // Past what any heap holds (4 GiB of pages), and then within it again.
+    let mut sb = loaded(
+        r#"(module (memory 1)
+            (func (export "grow") (param i32) (result i32) (memory.grow (local.get 0)))
+            (func (export "grow_twice") (result i32)
+              (drop (memory.grow (i32.const 65535)))
+              (memory.grow (i32.const 1))))"#,
+    );
+    assert_eq!(sb.call_guest_function::<i32>("grow", 65535).unwrap(), -1);
+    assert_eq!(sb.call_guest_function::<i32>("grow_twice", ()).unwrap(), 1);
+}
+
+#[test]
+fn a_module_whose_memory_does_not_fit_the_heap_fails_to_load() {
+    require_kvm();
+    // 256 pages (16 MiB) in an 8 MiB heap: running out of heap outside
+    // memory.grow stays an error.
+    let wasm = wat::parse_str("(module (memory 256))").unwrap();
+    let result = SandboxBuilder::new()
+        .with_guest_heap_size(8 << 20)
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(&wasm);
+    assert!(
+        matches!(
+            result,
+            Err(Error::Instantiation { .. } | Error::GuestOutOfMemory { .. })
+        ),
+        "{result:?}"
+    );
 }
 
 #[test]
@@ -245,7 +288,11 @@ fn by_default_every_call_starts_from_a_fresh_instance() {
 
 #[test]
 fn persistent_state_carries_over_and_snapshots_bring_it_back() {
-    let (mut sb, _) = sandbox(SandboxBuilder::new().with_persistent_state(true));
+    let (mut sb, _) = sandbox(
+        SandboxBuilder::new()
+            .with_persistent_state(true)
+            .with_guest_function_call_max_execution_time_millis(100),
+    );
     for want in 1..=3 {
         assert_eq!(sb.call_guest_function::<i32>("count", ()).unwrap(), want);
     }
@@ -263,7 +310,7 @@ fn persistent_state_carries_over_and_snapshots_bring_it_back() {
     sb.restore(&snapshot).unwrap();
     assert_eq!(sb.call_guest_function::<i32>("count", ()).unwrap(), 4);
     // A fault or a cancellation goes back to the state after load_module.
-    sb.call_guest_function::<i32>("grow", ()).unwrap_err();
+    sb.call_guest_function::<()>("spin", ()).unwrap_err();
     assert_eq!(sb.call_guest_function::<i32>("count", ()).unwrap(), 1);
     assert_eq!(sb.call_guest_function::<i32>("load", ()).unwrap(), 0);
 }

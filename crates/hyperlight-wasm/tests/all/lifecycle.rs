@@ -115,7 +115,8 @@ fn two_modules_load_in_sequence_into_one_sandbox() {
 fn a_precompiled_module_loads_and_runs() {
     require_kvm();
     let artifact = compile_module(BASIC.as_bytes()).unwrap();
-    let mut sandbox = runtime().load_module_from_buffer(&artifact).unwrap();
+    // SAFETY: produced just now by this build's compile_module.
+    let mut sandbox = unsafe { runtime().load_precompiled_module_from_buffer(&artifact) }.unwrap();
     assert_eq!(sandbox.call_guest_function::<i32>("fib", 15).unwrap(), 610);
 }
 
