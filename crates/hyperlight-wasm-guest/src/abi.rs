@@ -16,7 +16,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use hyperlight_wasm_protocol::message::{ErrorCode, Value, ValueType};
+use hyperlight_wasm_protocol::message::{ErrorCode, Value, ValueType, WasmAbi};
 use wasmtime::{AsContext, AsContextMut, Extern, Memory, TypedFunc, Val, ValType};
 
 /// A failure the guest reports with an error code of its own, carried
@@ -44,24 +44,25 @@ impl fmt::Display for Fault {
 
 impl core::error::Error for Fault {}
 
-/// The wasm types a value of type `ty` occupies.
-pub fn wasm_types(ty: ValueType) -> &'static [ValType] {
-    match ty {
-        ValueType::Void => &[],
-        ValueType::I32 | ValueType::U32 | ValueType::Bool | ValueType::String => &[ValType::I32],
-        ValueType::I64 | ValueType::U64 => &[ValType::I64],
-        ValueType::F32 => &[ValType::F32],
-        ValueType::F64 => &[ValType::F64],
-        ValueType::Bytes => &[ValType::I32, ValType::I32],
+/// The wasmtime type of a wasm number type of the value table.
+fn val_type(abi: WasmAbi) -> ValType {
+    match abi {
+        WasmAbi::I32 => ValType::I32,
+        WasmAbi::I64 => ValType::I64,
+        WasmAbi::F32 => ValType::F32,
+        WasmAbi::F64 => ValType::F64,
     }
 }
 
-/// The wasm type a result of type `ty` is returned as.
-pub fn wasm_result(ty: ValueType) -> &'static [ValType] {
-    match ty {
-        ValueType::Bytes => &[ValType::I32],
-        other => wasm_types(other),
-    }
+/// The wasm types an argument of type `ty` occupies (the value table's
+/// shape).
+pub fn wasm_types(ty: ValueType) -> Vec<ValType> {
+    ty.wasm_params().iter().copied().map(val_type).collect()
+}
+
+/// The wasm types a result of type `ty` is returned as.
+pub fn wasm_result(ty: ValueType) -> Vec<ValType> {
+    ty.wasm_result().iter().copied().map(val_type).collect()
 }
 
 /// Whether two wasm value types are the same number type.
@@ -86,10 +87,10 @@ pub fn type_list(types: &[ValType]) -> String {
 pub fn scalar_to_wasm(value: &Value) -> Option<Val> {
     Some(match value {
         Value::I32(v) => Val::I32(*v),
-        Value::U32(v) => Val::I32(*v as i32),
+        Value::U32(v) => Val::I32(v.cast_signed()),
         Value::Bool(v) => Val::I32(i32::from(*v)),
         Value::I64(v) => Val::I64(*v),
-        Value::U64(v) => Val::I64(*v as i64),
+        Value::U64(v) => Val::I64(v.cast_signed()),
         Value::F32(v) => Val::F32(v.to_bits()),
         Value::F64(v) => Val::F64(v.to_bits()),
         Value::Void | Value::String(_) | Value::Bytes(_) => return None,
@@ -100,10 +101,10 @@ pub fn scalar_to_wasm(value: &Value) -> Option<Val> {
 pub fn scalar_from_wasm(val: &Val, ty: ValueType) -> Option<Value> {
     Some(match (val, ty) {
         (Val::I32(v), ValueType::I32) => Value::I32(*v),
-        (Val::I32(v), ValueType::U32) => Value::U32(*v as u32),
+        (Val::I32(v), ValueType::U32) => Value::U32(v.cast_unsigned()),
         (Val::I32(v), ValueType::Bool) => Value::Bool(*v != 0),
         (Val::I64(v), ValueType::I64) => Value::I64(*v),
-        (Val::I64(v), ValueType::U64) => Value::U64(*v as u64),
+        (Val::I64(v), ValueType::U64) => Value::U64(v.cast_unsigned()),
         (Val::F32(v), ValueType::F32) => Value::F32(f32::from_bits(*v)),
         (Val::F64(v), ValueType::F64) => Value::F64(f64::from_bits(*v)),
         _ => return None,
@@ -183,7 +184,7 @@ impl ModuleMemory {
             )
             .into());
         }
-        let start = ptr as u32 as usize;
+        let start = ptr.cast_unsigned() as usize;
         let bad = || {
             Fault::new(
                 ErrorCode::BadGuestPointer,
@@ -218,7 +219,7 @@ impl ModuleMemory {
     ) -> Result<String, Fault> {
         let memory = self.memory(what)?;
         let data = memory.data(&store);
-        let start = ptr as u32 as usize;
+        let start = ptr.cast_unsigned() as usize;
         let tail = data.get(start..).ok_or_else(|| {
             Fault::new(
                 ErrorCode::BadGuestPointer,
@@ -258,8 +259,8 @@ impl ModuleMemory {
         what: &str,
     ) -> Result<Vec<u8>, Fault> {
         let memory = self.memory(what)?;
-        let start = ptr as u32 as usize;
-        let len = len as u32 as usize;
+        let start = ptr.cast_unsigned() as usize;
+        let len = len.cast_unsigned() as usize;
         if len > self.limit {
             return Err(Fault::new(
                 ErrorCode::BadGuestPointer,
@@ -294,12 +295,12 @@ impl ModuleMemory {
     ) -> Result<Vec<u8>, Fault> {
         let header = self.read_bytes(&store, ptr, 4, what)?;
         let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-        let data_ptr = (ptr as u32).checked_add(4).ok_or_else(|| {
+        let data_ptr = ptr.cast_unsigned().checked_add(4).ok_or_else(|| {
             Fault::new(
                 ErrorCode::BadGuestPointer,
                 format_args!("{what}: buffer pointer {ptr:#x} wraps around"),
             )
         })?;
-        self.read_bytes(&store, data_ptr as i32, len as i32, what)
+        self.read_bytes(&store, data_ptr.cast_signed(), len.cast_signed(), what)
     }
 }

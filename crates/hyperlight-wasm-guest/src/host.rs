@@ -32,7 +32,7 @@ pub unsafe fn init(info: &BootInfo) {
 
 fn input() -> &'static [u8] {
     let addr = INPUT_ADDR.load(Ordering::Relaxed) as *const u8;
-    let size = INPUT_SIZE.load(Ordering::Relaxed) as usize;
+    let size = crate::usize_from(INPUT_SIZE.load(Ordering::Relaxed));
     if addr.is_null() {
         return &[];
     }
@@ -43,7 +43,7 @@ fn input() -> &'static [u8] {
 
 fn output() -> &'static mut [u8] {
     let addr = OUTPUT_ADDR.load(Ordering::Relaxed) as *mut u8;
-    let size = OUTPUT_SIZE.load(Ordering::Relaxed) as usize;
+    let size = crate::usize_from(OUTPUT_SIZE.load(Ordering::Relaxed));
     if addr.is_null() {
         return &mut [];
     }
@@ -113,7 +113,7 @@ pub fn out_call(call: &OutCall) -> Result<OutCallReply, OutCallError> {
 pub fn transfer_limit() -> usize {
     let input = INPUT_SIZE.load(Ordering::Relaxed);
     let output = OUTPUT_SIZE.load(Ordering::Relaxed);
-    input.min(output).saturating_sub(1024) as usize
+    crate::usize_from(input.min(output).saturating_sub(1024))
 }
 
 /// A `fmt::Write` into a fixed buffer that drops what does not fit.

@@ -149,9 +149,9 @@ fn define_host_function(
     let params: Vec<ValType> = sig
         .params
         .iter()
-        .flat_map(|t| abi::wasm_types(*t).iter().cloned())
+        .flat_map(|t| abi::wasm_types(*t))
         .collect();
-    let results = abi::wasm_result(sig.returns).to_vec();
+    let results = abi::wasm_result(sig.returns);
     let ty = FuncType::new(engine, params, results);
     let sig = sig.clone();
     linker.func_new(
@@ -220,7 +220,9 @@ fn define_host_function(
                 }
                 Value::Bytes(bytes) => {
                     let mut buf = Vec::with_capacity(bytes.len() + 4);
-                    buf.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+                    // At most the input buffer's size (256 MiB): it fits.
+                    let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+                    buf.extend_from_slice(&len.to_le_bytes());
                     buf.extend_from_slice(&bytes);
                     results[0] = Val::I32(memory.alloc_write(&mut caller, &buf, false, &what)?);
                 }
@@ -246,7 +248,7 @@ fn read_u32(data: &[u8], at: usize) -> Option<u32> {
 fn write_at(caller: &mut Caller<'_, Limits>, at: i32, bytes: &[u8]) -> Result<(), i32> {
     let memory = memory_of(caller).ok_or(EFAULT)?;
     memory
-        .write(&mut *caller, at as u32 as usize, bytes)
+        .write(&mut *caller, at.cast_unsigned() as usize, bytes)
         .map_err(|_| EFAULT)
 }
 
@@ -276,10 +278,10 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             };
             let data = memory.data(&caller);
             let mut bytes = Vec::new();
-            for i in 0..iovs_len as u32 as usize {
+            for i in 0..iovs_len.cast_unsigned() as usize {
                 let Some(at) = i
                     .checked_mul(8)
-                    .and_then(|o| o.checked_add(iovs as u32 as usize))
+                    .and_then(|o| o.checked_add(iovs.cast_unsigned() as usize))
                 else {
                     return Ok(EFAULT);
                 };
@@ -292,7 +294,8 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
                 };
                 bytes.extend_from_slice(chunk);
             }
-            let written = bytes.len() as u32;
+            // WASI's count is 32 bits: saturate (a wasm32 module cannot use more).
+            let written = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             print(&bytes)?;
             Ok(errno(write_at(
                 &mut caller,
@@ -410,9 +413,9 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
         WASI,
         "random_get",
         |mut caller: Caller<'_, Limits>, buf: i32, len: i32| -> wasmtime::Result<i32> {
-            let (mut at, mut left) = (buf as u32 as usize, len as u32 as usize);
+            let (mut at, mut left) = (buf.cast_unsigned() as usize, len.cast_unsigned() as usize);
             while left > 0 {
-                let chunk = left.min(host::transfer_limit()) as u32;
+                let chunk = u32::try_from(left.min(host::transfer_limit())).unwrap_or(u32::MAX);
                 let bytes = match ask_host(&OutCall::Random { len: chunk })? {
                     OutCallReply::Random(bytes) if bytes.len() == chunk as usize => bytes,
                     other => {
@@ -423,7 +426,12 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
                         .into());
                     }
                 };
-                if let Err(e) = write_at(&mut caller, at as i32, &bytes) {
+                // `at` started as a u32 and stays below the end of the
+                // buffer the module named.
+                let Ok(addr) = u32::try_from(at) else {
+                    return Ok(EFAULT);
+                };
+                if let Err(e) = write_at(&mut caller, addr.cast_signed(), &bytes) {
                     return Ok(e);
                 }
                 at += bytes.len();

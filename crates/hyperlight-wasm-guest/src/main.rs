@@ -10,12 +10,38 @@
 //!
 //! The guest trusts the host (the host wrote its memory and can reset it at
 //! will); the host trusts nothing the guest writes.
+// Every cast that can lose bits or change sign says why it cannot here.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
 mod abi;
+
+/// The guest runs on x86_64 only: its `usize` is 64 bits.
+const _: () = assert!(usize::BITS == u64::BITS);
+
+/// A 64-bit size or address from the host, as a `usize` (the same width).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "usize is 64 bits here (asserted above)"
+)]
+fn usize_from(value: u64) -> usize {
+    value as usize
+}
 mod host;
 mod imports;
 mod platform;

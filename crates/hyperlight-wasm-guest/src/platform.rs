@@ -76,7 +76,7 @@ pub unsafe fn init_heap(heap: Region) {
     let claimed = unsafe {
         HEAP.talc
             .lock()
-            .claim(heap.addr as *mut u8, heap.size as usize)
+            .claim(heap.addr as *mut u8, crate::usize_from(heap.size))
     };
     if claimed.is_none() {
         crate::host::abort(

@@ -133,7 +133,7 @@ impl Runtime {
             .max(4096);
         config
             .with_custom_code_memory(Some(Arc::new(platform::CodeMemory)))
-            .max_wasm_stack(max_wasm_stack as usize);
+            .max_wasm_stack(crate::usize_from(max_wasm_stack));
         // SAFETY: x86_64-unknown-none is a soft-float target, but wasmtime's
         // code and our calls into it only pass floats through wasmtime's own
         // trampolines, which use the hardware ABI on both sides; the answers
@@ -296,7 +296,9 @@ impl Runtime {
                         .map_err(|e| from_wasmtime(ErrorCode::Other, &what, &e))?;
                     allocations.push(ptr);
                     wasm_args.push(Val::I32(ptr));
-                    wasm_args.push(Val::I32(b.len() as i32));
+                    // At most the input buffer's size (256 MiB): it fits.
+                    let len = u32::try_from(b.len()).unwrap_or(u32::MAX);
+                    wasm_args.push(Val::I32(len.cast_signed()));
                 }
                 scalar => wasm_args.extend(abi::scalar_to_wasm(scalar)),
             }
@@ -360,7 +362,7 @@ impl Runtime {
 /// Checks the arguments against the function's wasm parameters (a `String`
 /// takes one `i32`, a `Vec<u8>` two).
 fn check_params(name: &str, args: &[Value], params: &[ValType]) -> Result<(), GuestError> {
-    let wanted: usize = args.iter().map(|a| abi::wasm_types(a.ty()).len()).sum();
+    let wanted: usize = args.iter().map(|a| a.ty().wasm_params().len()).sum();
     if wanted != params.len() {
         return Err(error(
             ErrorCode::ParameterCountMismatch,
@@ -383,7 +385,7 @@ fn check_params(name: &str, args: &[Value], params: &[ValType]) -> Result<(), Gu
                 format_args!(
                     "argument {i} is {} (wasm {}) but `{name}` takes {} there",
                     arg.ty(),
-                    abi::type_list(types),
+                    abi::type_list(&types),
                     abi::type_list(slots)
                 ),
             ));
@@ -409,7 +411,7 @@ fn check_returns(name: &str, results: &[ValType], returns: ValueType) -> Result<
         format_args!(
             "`{name}` returns {}, which cannot be returned as {returns} (wasm {})",
             abi::type_list(results),
-            abi::type_list(wanted)
+            abi::type_list(&wanted)
         ),
     ))
 }

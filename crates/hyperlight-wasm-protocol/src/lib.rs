@@ -17,6 +17,20 @@
 //! The host treats every byte the guest wrote as hostile: it reads messages
 //! only through [`wire::decode`], which checks lengths against the buffer and
 //! rejects malformed encodings with a [`wire::WireError`].
+// Every cast that can lose bits or change sign says why it cannot here.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 #![cfg_attr(not(test), no_std)]
 
 extern crate alloc;

@@ -23,91 +23,105 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
-/// A value that crosses the boundary as an argument or a result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Value {
-    /// No value (the result of a function that returns nothing).
-    Void,
-    /// A wasm `i32`.
-    I32(i32),
-    /// A `u32`, carried in a wasm `i32`.
-    U32(u32),
-    /// A wasm `i64`.
-    I64(i64),
-    /// A `u64`, carried in a wasm `i64`.
-    U64(u64),
-    /// A wasm `f32` (its bits travel unchanged, NaN payloads included).
-    F32(f32),
-    /// A wasm `f64` (its bits travel unchanged, NaN payloads included).
-    F64(f64),
-    /// A `bool`, carried in a wasm `i32` (0 or 1).
-    Bool(bool),
-    /// UTF-8 text.
-    String(String),
-    /// A byte buffer.
-    Bytes(Vec<u8>),
+/// The value types that cross the boundary: the one table every value enum
+/// of host and guest is generated from. Each row is the protocol variant,
+/// the Rust type it carries, its name as Rust spells it, its name in the
+/// public dynamic API (`ParameterValue`, `ReturnType`, `ReturnValue`), its
+/// wasm shape as an argument and as a result, and its documentation.
+/// `Void` (no value) comes first in every enum and is not a row.
+///
+/// Call it with the name of a macro that takes the rows; adding a value type
+/// is adding a row (and its handling where the compiler then asks for it).
+#[macro_export]
+macro_rules! value_types {
+    ($callback:ident) => {
+        $callback! {
+            (I32, i32, "i32", Int, [I32], [I32], "A wasm `i32`."),
+            (U32, u32, "u32", UInt, [I32], [I32], "A `u32`, carried in a wasm `i32`."),
+            (I64, i64, "i64", Long, [I64], [I64], "A wasm `i64`."),
+            (U64, u64, "u64", ULong, [I64], [I64], "A `u64`, carried in a wasm `i64`."),
+            (F32, f32, "f32", Float, [F32], [F32], "A wasm `f32` (its bits travel unchanged, NaN payloads included)."),
+            (F64, f64, "f64", Double, [F64], [F64], "A wasm `f64` (its bits travel unchanged, NaN payloads included)."),
+            (Bool, bool, "bool", Bool, [I32], [I32], "A `bool`, carried in a wasm `i32` (0 or 1)."),
+            (String, String, "String", String, [I32], [I32], "UTF-8 text: an `i32` pointer to NUL-terminated UTF-8 in the module's memory."),
+            (Bytes, Vec<u8>, "Vec<u8>", VecBytes, [I32, I32], [I32], "A byte buffer: pointer and length as an argument, a pointer to a little-endian `u32` length and the bytes as a result."),
+        }
+    };
 }
 
-/// The type of a [`Value`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum ValueType {
-    /// No value.
-    Void,
+/// A wasm number type, as the value table names a value's wasm shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WasmAbi {
     /// `i32`.
     I32,
-    /// `u32`.
-    U32,
     /// `i64`.
     I64,
-    /// `u64`.
-    U64,
     /// `f32`.
     F32,
     /// `f64`.
     F64,
-    /// `bool`.
-    Bool,
-    /// UTF-8 text.
-    String,
-    /// A byte buffer.
-    Bytes,
 }
 
-impl Value {
-    /// The type of this value.
-    pub fn ty(&self) -> ValueType {
-        match self {
-            Value::Void => ValueType::Void,
-            Value::I32(_) => ValueType::I32,
-            Value::U32(_) => ValueType::U32,
-            Value::I64(_) => ValueType::I64,
-            Value::U64(_) => ValueType::U64,
-            Value::F32(_) => ValueType::F32,
-            Value::F64(_) => ValueType::F64,
-            Value::Bool(_) => ValueType::Bool,
-            Value::String(_) => ValueType::String,
-            Value::Bytes(_) => ValueType::Bytes,
+macro_rules! protocol_values {
+    ($(($variant:ident, $rust:ty, $name:literal, $api:ident, [$($param:ident),*], [$($result:ident),*], $doc:literal)),* $(,)?) => {
+        /// A value that crosses the boundary as an argument or a result.
+        #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+        pub enum Value {
+            /// No value (the result of a function that returns nothing).
+            Void,
+            $(#[doc = $doc] $variant($rust),)*
         }
-    }
+
+        /// The type of a [`Value`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        pub enum ValueType {
+            /// No value.
+            Void,
+            $(#[doc = $doc] $variant,)*
+        }
+
+        impl Value {
+            /// The type of this value.
+            pub fn ty(&self) -> ValueType {
+                match self {
+                    Value::Void => ValueType::Void,
+                    $(Value::$variant(_) => ValueType::$variant,)*
+                }
+            }
+        }
+
+        impl ValueType {
+            /// Every type, `Void` first, in the table's order.
+            pub const ALL: &'static [ValueType] = &[ValueType::Void, $(ValueType::$variant,)*];
+
+            /// A short name, as Rust spells the type.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    ValueType::Void => "()",
+                    $(ValueType::$variant => $name,)*
+                }
+            }
+
+            /// The wasm values an argument of this type occupies.
+            pub const fn wasm_params(self) -> &'static [WasmAbi] {
+                match self {
+                    ValueType::Void => &[],
+                    $(ValueType::$variant => &[$(WasmAbi::$param),*],)*
+                }
+            }
+
+            /// The wasm values a result of this type is returned as.
+            pub const fn wasm_result(self) -> &'static [WasmAbi] {
+                match self {
+                    ValueType::Void => &[],
+                    $(ValueType::$variant => &[$(WasmAbi::$result),*],)*
+                }
+            }
+        }
+    };
 }
 
-impl ValueType {
-    /// A short lower-case name, as Rust spells the type.
-    pub const fn name(self) -> &'static str {
-        match self {
-            ValueType::Void => "()",
-            ValueType::I32 => "i32",
-            ValueType::U32 => "u32",
-            ValueType::I64 => "i64",
-            ValueType::U64 => "u64",
-            ValueType::F32 => "f32",
-            ValueType::F64 => "f64",
-            ValueType::Bool => "bool",
-            ValueType::String => "String",
-            ValueType::Bytes => "Vec<u8>",
-        }
-    }
-}
+value_types!(protocol_values);
 
 impl core::fmt::Display for ValueType {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -254,6 +268,7 @@ pub struct GuestError {
 /// Every kind of failure the guest reports. The host maps each to a variant
 /// of its public error type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum ErrorCode {
     /// The guest could not decode the host's request (a host bug).
     BadRequest,

@@ -2,7 +2,7 @@
 //! it is held against, and the ratio. Limits are measured in this same
 //! process, each in alternation with its figure (this machine's speed drifts
 //! by tens of percent over a minute), or are fixed budgets. Run with
-//! `cargo bench -p hyperlight-wasm --bench limits`; the table it prints goes
+//! `cargo bench -p hyperlight-wasm --features __limits --bench limits`; the table it prints goes
 //! into BENCHMARKS.md.
 
 use std::hint::black_box;

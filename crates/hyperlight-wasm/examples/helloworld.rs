@@ -28,9 +28,11 @@ fn main() -> Result<()> {
     let start = Instant::now();
     let sum: i32 = sandbox.call_guest_function("add", (40, 2))?;
     println!("add(40, 2) = {sum}  ({:.2?})", start.elapsed());
+    assert_eq!(sum, 42);
 
     let start = Instant::now();
     let fib: i64 = sandbox.call_guest_function("fib", 30i64)?;
     println!("fib(30) = {fib}  ({:.2?})", start.elapsed());
+    assert_eq!(fib, 832_040);
     Ok(())
 }

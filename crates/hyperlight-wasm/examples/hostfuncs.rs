@@ -60,36 +60,31 @@ fn main() -> Result<()> {
         .load_runtime()?
         .load_module_from_buffer(MODULE.as_bytes())?;
 
-    println!(
-        "sum(2, 3) = {}",
-        sandbox.call_guest_function::<i32>("sum", (2, 3))?
-    );
-    println!(
-        "area(1.5) = {}",
-        sandbox.call_guest_function::<f64>("area", 1.5)?
-    );
-    println!(
-        "hello() = {:?}",
-        sandbox.call_guest_function::<String>("hello", ())?
-    );
-    println!(
-        "check() = {}",
-        sandbox.call_guest_function::<i64>("check", ())?
-    );
-    println!(
-        "parse(\" 42 \") = {}",
-        sandbox.call_guest_function::<i64>("parse", " 42 ")?
-    );
+    let sum = sandbox.call_guest_function::<i32>("sum", (2, 3))?;
+    println!("sum(2, 3) = {sum}");
+    assert_eq!(sum, 5);
+    let area = sandbox.call_guest_function::<f64>("area", 1.5)?;
+    println!("area(1.5) = {area}");
+    assert_eq!(area, 2.25);
+    let hello = sandbox.call_guest_function::<String>("hello", ())?;
+    println!("hello() = {hello:?}");
+    assert_eq!(hello, "Hello, world!");
+    let check = sandbox.call_guest_function::<i64>("check", ())?;
+    println!("check() = {check}");
+    assert_eq!(check, 15);
+    let parsed = sandbox.call_guest_function::<i64>("parse", " 42 ")?;
+    println!("parse(\" 42 \") = {parsed}");
+    assert_eq!(parsed, 42);
     match sandbox.call_guest_function::<i64>("parse", "forty-two") {
         Err(Error::HostFunctionFailed { function, source }) => {
             println!("parse(\"forty-two\") failed in host function `{function}`: {source}");
+            assert_eq!(function, "parse");
         }
-        other => println!("parse(\"forty-two\") = {other:?}"),
+        other => panic!("parse(\"forty-two\") should fail in the host, got {other:?}"),
     }
     sandbox.call_guest_function::<()>("say", ())?;
-    print!(
-        "the module printed: {}",
-        printed.lock().expect("print lock")
-    );
+    let printed = printed.lock().expect("print lock").clone();
+    print!("the module printed: {printed}");
+    assert_eq!(printed, "printed through WASI\n");
     Ok(())
 }

@@ -75,6 +75,21 @@
 //! Linux on x86-64 with KVM: `/dev/kvm` must exist and be readable and
 //! writable by the process. [`is_hypervisor_present`] tells whether it is.
 #![doc(test(attr(deny(warnings))))]
+// Every cast that can lose bits or change sign says why it cannot here.
+#![warn(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    clippy::cast_possible_wrap
+)]
+// Tests build their inputs with casts of small constants.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        clippy::cast_possible_wrap
+    )
+)]
 
 mod compile;
 mod error;
@@ -83,6 +98,7 @@ mod metrics;
 mod sandbox;
 mod vm;
 
+pub use compile::artifact::{ExportedFunction, WasmType};
 pub use compile::{
     ArtifactKey, DEFAULT_DISK_CACHE_BYTES, DEFAULT_MAX_MODULE_SIZE, compile_module,
     compile_module_authenticated, set_compile_threads, set_max_module_size, set_module_cache_dir,
@@ -92,14 +108,16 @@ pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, 
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
 pub use sandbox::{
-    HostFunction, HostParameterType, HostReturnType, HostValue, LoadedWasmSandbox, ParameterTuple,
+    HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ParameterTuple,
     ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder, Snapshot,
-    SupportedParameterType, SupportedReturnType, WasmSandbox,
+    SupportedParameterType, SupportedReturnType, TypedGuestFunction, WasmSandbox,
 };
 pub use vm::images::clear as clear_image_cache;
 pub use vm::interrupt::{InterruptHandle, set_interrupt_signal};
 pub use vm::is_hypervisor_present;
-/// Raw KVM figures the benchmarks compare against; not a stable API.
+/// Raw KVM figures the benchmarks compare against; not a stable API (only
+/// with the `__limits` feature, which the limits benchmark turns on).
+#[cfg(feature = "__limits")]
 #[doc(hidden)]
 pub use vm::limits as __limits;
 pub use vm::reaper::wait_for_teardown;

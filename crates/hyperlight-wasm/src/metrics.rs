@@ -150,7 +150,7 @@ fn invalid(name: &str, e: &prometheus::Error) -> ! {
 /// there; the host chose the registry and its names.
 fn register(registry: &Registry, name: &str, metric: Box<dyn prometheus::core::Collector>) {
     if let Err(e) = registry.register(metric) {
-        eprintln!("hyperlight-wasm: cannot register metric {name}: {e}");
+        tracing::warn!(metric = name, error = %e, "cannot register metric");
     }
 }
 
@@ -368,6 +368,7 @@ fn variant_name(e: &Error) -> &'static str {
         Error::Protocol(_) => "Protocol",
         Error::ExecutionCancelledByHost { .. } => "ExecutionCancelledByHost",
         Error::SnapshotMismatch => "SnapshotMismatch",
+        Error::Internal { .. } => "Internal",
         Error::Poisoned { .. } => "Poisoned",
         Error::MetricsRegistryAlreadySet => "MetricsRegistryAlreadySet",
         Error::MetricsAlreadyRegistered => "MetricsAlreadyRegistered",

@@ -35,13 +35,20 @@ const MAC_LEN: usize = 32;
 /// thousands of functions fit).
 const MAX_HEADER_LEN: usize = 64 << 20;
 
-/// A value type of a WebAssembly function's parameter or result.
+/// A value type of a WebAssembly function's parameter or result, as
+/// [`crate::LoadedWasmSandbox::exports`] lists them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub(crate) enum WasmType {
+#[non_exhaustive]
+pub enum WasmType {
+    /// `i32`.
     I32,
+    /// `i64`.
     I64,
+    /// `f32`.
     F32,
+    /// `f64`.
     F64,
+    /// `v128` (SIMD).
     V128,
     /// Any reference type (`funcref`, `externref`, ...).
     Ref,
@@ -60,12 +67,42 @@ impl WasmType {
     }
 }
 
-/// A function the module exports.
+impl std::fmt::Display for WasmType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WasmType::I32 => "i32",
+            WasmType::I64 => "i64",
+            WasmType::F32 => "f32",
+            WasmType::F64 => "f64",
+            WasmType::V128 => "v128",
+            WasmType::Ref => "ref",
+        })
+    }
+}
+
+/// A function the module exports, and its WebAssembly signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct ExportedFunction {
-    pub name: String,
-    pub params: Vec<WasmType>,
-    pub results: Vec<WasmType>,
+pub struct ExportedFunction {
+    pub(crate) name: String,
+    pub(crate) params: Vec<WasmType>,
+    pub(crate) results: Vec<WasmType>,
+}
+
+impl ExportedFunction {
+    /// The export's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its parameters' types.
+    pub fn params(&self) -> &[WasmType] {
+        &self.params
+    }
+
+    /// Its results' types.
+    pub fn results(&self) -> &[WasmType] {
+        &self.results
+    }
 }
 
 /// A module's exported functions, by name.

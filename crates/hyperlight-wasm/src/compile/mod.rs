@@ -5,6 +5,7 @@
 //! - [`artifact`]: hyperlight-wasm's artifact format (a header the host
 //!   reads, wasmtime's code, an optional MAC).
 //! - [`cache`]: compiled modules in memory and in an optional directory.
+//! - [`exports`]: a module's exported functions and their types.
 //! - this file: the engine, the compile settings (size limit, threads), and
 //!   [`prepare`], which turns what a caller hands `load_module` into code
 //!   for the guest.
@@ -15,6 +16,7 @@
 
 pub(crate) mod artifact;
 mod cache;
+mod exports;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -26,8 +28,9 @@ use hyperlight_wasm_protocol::engine::{ISA_FEATURES, TARGET, WASM_FEATURES, WASM
 use wasmtime::{Engine, Precompiled};
 
 pub use self::artifact::ArtifactKey;
-use self::artifact::{ExportedFunction, Exports, Header, WasmType};
+use self::artifact::{Exports, Header};
 pub use self::cache::DEFAULT_DISK_CACHE_BYTES;
+use self::exports::exported_functions;
 use crate::error::{Error, Result};
 
 /// The default limit on the size of a module handed to the compiler:
@@ -261,7 +264,7 @@ impl Compiled {
 
     /// The module's exported functions, in the module's order.
     #[cfg(test)]
-    fn export_list(&self) -> &[ExportedFunction] {
+    fn export_list(&self) -> &[artifact::ExportedFunction] {
         &self.header.exports
     }
 
@@ -343,83 +346,6 @@ pub(crate) fn check_size(size: usize) -> Result<()> {
         return Err(Error::ModuleTooLarge { size, limit });
     }
     Ok(())
-}
-
-/// The exported functions of a valid module binary, with their types.
-fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
-    use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef};
-    let invalid = |e: wasmparser::BinaryReaderError| Error::InvalidModule {
-        source: Box::new(e),
-    };
-    // Function types by type index (`None` for other types), the type of
-    // each function by function index (imports first), exports.
-    let mut types: Vec<Option<(Vec<WasmType>, Vec<WasmType>)>> = Vec::new();
-    let mut functions: Vec<u32> = Vec::new();
-    let mut exports: Vec<(String, u32)> = Vec::new();
-    for payload in Parser::new(0).parse_all(wasm) {
-        match payload.map_err(invalid)? {
-            Payload::TypeSection(reader) => {
-                for group in reader {
-                    for ty in group.map_err(invalid)?.into_types() {
-                        types.push(match &ty.composite_type.inner {
-                            CompositeInnerType::Func(f) => Some((
-                                f.params()
-                                    .iter()
-                                    .copied()
-                                    .map(WasmType::from_wasmparser)
-                                    .collect(),
-                                f.results()
-                                    .iter()
-                                    .copied()
-                                    .map(WasmType::from_wasmparser)
-                                    .collect(),
-                            )),
-                            _ => None,
-                        });
-                    }
-                }
-            }
-            Payload::ImportSection(reader) => {
-                for import in reader.into_imports() {
-                    if let TypeRef::Func(ty) = import.map_err(invalid)?.ty {
-                        functions.push(ty);
-                    }
-                }
-            }
-            Payload::FunctionSection(reader) => {
-                for ty in reader {
-                    functions.push(ty.map_err(invalid)?);
-                }
-            }
-            Payload::ExportSection(reader) => {
-                for export in reader {
-                    let export = export.map_err(invalid)?;
-                    if export.kind == ExternalKind::Func {
-                        exports.push((export.name.to_owned(), export.index));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    exports
-        .into_iter()
-        .map(|(name, index)| {
-            let ty = functions
-                .get(index as usize)
-                .and_then(|ty| types.get(*ty as usize))
-                .and_then(Option::as_ref)
-                .ok_or_else(|| Error::InvalidModule {
-                    source: format!("export `{name}` names a function without a function type")
-                        .into(),
-                })?;
-            Ok(ExportedFunction {
-                name,
-                params: ty.0.clone(),
-                results: ty.1.clone(),
-            })
-        })
-        .collect()
 }
 
 /// Where a prepared module came from.
@@ -636,6 +562,7 @@ fn check_looks_like_wasm(bytes: &[u8]) -> Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use super::artifact::WasmType;
     use super::*;
 
     #[test]

@@ -1,6 +1,7 @@
 //! [`SandboxBuilder`]: the sizes of a sandbox's guest memory regions.
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -31,14 +32,20 @@ const GIB: u64 = 1024 * MIB;
 /// # drop(sandbox);
 /// # Ok::<(), hyperlight_wasm::Error>(())
 /// ```
+///
+/// A builder is [`Clone`]: clones share its print function (one function,
+/// called for every sandbox built from any of them, one call at a time).
 #[must_use]
+#[derive(Clone)]
 pub struct SandboxBuilder {
     heap_size: u64,
     stack_size: u64,
     input_buffer_size: u64,
     output_buffer_size: u64,
-    max_execution_time_millis: u64,
-    max_cancel_wait_millis: u64,
+    /// The time limit, and the setter that set it (for errors).
+    max_execution_time: (Duration, &'static str),
+    /// How long `kill` waits, and the setter that set it.
+    max_cancel_wait: (Duration, &'static str),
     persistent: bool,
     print: Option<PrintFn>,
 }
@@ -50,8 +57,8 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("stack_size", &self.stack_size)
             .field("input_buffer_size", &self.input_buffer_size)
             .field("output_buffer_size", &self.output_buffer_size)
-            .field("max_execution_time_millis", &self.max_execution_time_millis)
-            .field("max_cancel_wait_millis", &self.max_cancel_wait_millis)
+            .field("max_execution_time", &self.max_execution_time.0)
+            .field("max_cancel_wait", &self.max_cancel_wait.0)
             .field("persistent", &self.persistent)
             .field("print", &self.print.as_ref().map(|_| "custom"))
             .finish()
@@ -104,8 +111,14 @@ impl SandboxBuilder {
             stack_size: Self::DEFAULT_GUEST_STACK_SIZE,
             input_buffer_size: Self::DEFAULT_BUFFER_SIZE,
             output_buffer_size: Self::DEFAULT_BUFFER_SIZE,
-            max_execution_time_millis: Self::DEFAULT_MAX_EXECUTION_TIME_MILLIS,
-            max_cancel_wait_millis: Self::DEFAULT_MAX_CANCEL_WAIT_MILLIS,
+            max_execution_time: (
+                Duration::from_millis(Self::DEFAULT_MAX_EXECUTION_TIME_MILLIS),
+                EXECUTION_TIME_MILLIS,
+            ),
+            max_cancel_wait: (
+                Duration::from_millis(Self::DEFAULT_MAX_CANCEL_WAIT_MILLIS),
+                CANCEL_WAIT_MILLIS,
+            ),
             persistent: false,
             print: None,
         }
@@ -120,7 +133,21 @@ impl SandboxBuilder {
         mut self,
         millis: u64,
     ) -> SandboxBuilder {
-        self.max_execution_time_millis = millis;
+        self.max_execution_time = (Duration::from_millis(millis), EXECUTION_TIME_MILLIS);
+        self
+    }
+
+    /// [`Self::with_guest_function_call_max_execution_time_millis`] as a
+    /// [`Duration`]: between 1 ms and one hour, to the microsecond.
+    pub fn with_max_execution_time(mut self, limit: Duration) -> SandboxBuilder {
+        self.max_execution_time = (limit, "with_max_execution_time");
+        self
+    }
+
+    /// [`Self::with_guest_function_call_max_cancel_wait_millis`] as a
+    /// [`Duration`]: up to one minute.
+    pub fn with_max_cancel_wait(mut self, wait: Duration) -> SandboxBuilder {
+        self.max_cancel_wait = (wait, "with_max_cancel_wait");
         self
     }
 
@@ -133,7 +160,7 @@ impl SandboxBuilder {
         mut self,
         millis: u64,
     ) -> SandboxBuilder {
-        self.max_cancel_wait_millis = millis;
+        self.max_cancel_wait = (Duration::from_millis(millis), CANCEL_WAIT_MILLIS);
         self
     }
 
@@ -153,12 +180,13 @@ impl SandboxBuilder {
     /// Sets the function that receives what the module prints (its writes
     /// to stdout and stderr through WASI `fd_write`). By default it goes to
     /// the host process's stdout. Invalid UTF-8 in printed output is replaced
-    /// with U+FFFD.
+    /// with U+FFFD. Sandboxes built from clones of this builder share the
+    /// function, and call it one at a time.
     pub fn with_host_print_fn(
         mut self,
         print: impl FnMut(&str) + Send + 'static,
     ) -> SandboxBuilder {
-        self.print = Some(Box::new(print));
+        self.print = Some(Arc::new(Mutex::new(print)));
         self
     }
 
@@ -202,10 +230,13 @@ impl SandboxBuilder {
     /// [`Error::HypervisorUnavailable`] without a usable `/dev/kvm`,
     /// [`Error::Kvm`] or [`Error::Os`] if the VM cannot be created.
     pub fn build(self) -> Result<ProtoWasmSandbox> {
+        let _span = tracing::debug_span!("build").entered();
         let sizes = self.sizes()?;
         let limits = self.limits()?;
         let vm = Vm::new(&sizes, limits)?;
-        let print = self.print.unwrap_or_else(|| Box::new(print_to_stdout));
+        let print = self
+            .print
+            .unwrap_or_else(|| Arc::new(Mutex::new(print_to_stdout)));
         Ok(ProtoWasmSandbox::new(Guest::new(
             vm,
             print,
@@ -215,23 +246,23 @@ impl SandboxBuilder {
 
     /// The checked time limits.
     fn limits(&self) -> Result<CallLimits> {
-        check_range(
-            "with_guest_function_call_max_execution_time_millis",
-            self.max_execution_time_millis,
-            1,
-            Self::MAX_MAX_EXECUTION_TIME_MILLIS,
-            "ms",
+        let (time_limit, time_setting) = self.max_execution_time;
+        check_duration(
+            time_setting,
+            time_limit,
+            Duration::from_millis(1),
+            Duration::from_millis(Self::MAX_MAX_EXECUTION_TIME_MILLIS),
         )?;
-        check_range(
-            "with_guest_function_call_max_cancel_wait_millis",
-            self.max_cancel_wait_millis,
-            0,
-            Self::MAX_MAX_CANCEL_WAIT_MILLIS,
-            "ms",
+        let (cancel_wait, wait_setting) = self.max_cancel_wait;
+        check_duration(
+            wait_setting,
+            cancel_wait,
+            Duration::ZERO,
+            Duration::from_millis(Self::MAX_MAX_CANCEL_WAIT_MILLIS),
         )?;
         Ok(CallLimits {
-            time_limit: Duration::from_millis(self.max_execution_time_millis),
-            cancel_wait: Duration::from_millis(self.max_cancel_wait_millis),
+            time_limit,
+            cancel_wait,
         })
     }
 
@@ -275,6 +306,32 @@ fn print_to_stdout(text: &str) {
     // Printing is best effort: a closed stdout must not fail guest calls.
     let _ = out.write_all(text.as_bytes());
     let _ = out.flush();
+}
+
+const EXECUTION_TIME_MILLIS: &str = "with_guest_function_call_max_execution_time_millis";
+const CANCEL_WAIT_MILLIS: &str = "with_guest_function_call_max_cancel_wait_millis";
+
+/// Checks a duration setting; errors give it in whole milliseconds (or
+/// microseconds, for a setter that takes a [`Duration`]).
+fn check_duration(
+    setting: &'static str,
+    value: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<()> {
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    let (value, min, max, unit) = if setting.ends_with("_millis") {
+        (value.as_millis(), min.as_millis(), max.as_millis(), "ms")
+    } else {
+        (value.as_micros(), min.as_micros(), max.as_micros(), "µs")
+    };
+    Err(Error::InvalidConfiguration {
+        setting,
+        value: u64::try_from(value).unwrap_or(u64::MAX),
+        reason: format!("is outside the allowed range {min}..={max} {unit}"),
+    })
 }
 
 fn check(setting: &'static str, value: u64, min: u64, max: u64) -> Result<()> {
@@ -350,6 +407,49 @@ mod tests {
                 other => panic!("{name}: {other:?}"),
             }
         }
+    }
+
+    #[test]
+    fn durations_are_checked_like_their_millisecond_setters() {
+        let limits = SandboxBuilder::new()
+            .with_max_execution_time(Duration::from_micros(1500))
+            .with_max_cancel_wait(Duration::ZERO)
+            .limits()
+            .unwrap();
+        assert_eq!(limits.time_limit, Duration::from_micros(1500));
+        assert_eq!(limits.cancel_wait, Duration::ZERO);
+        for (builder, name) in [
+            (
+                SandboxBuilder::new().with_max_execution_time(Duration::from_micros(999)),
+                "with_max_execution_time",
+            ),
+            (
+                SandboxBuilder::new().with_max_cancel_wait(Duration::from_secs(61)),
+                "with_max_cancel_wait",
+            ),
+        ] {
+            match builder.limits() {
+                Err(Error::InvalidConfiguration { setting, .. }) => assert_eq!(setting, name),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn clones_share_the_print_function() {
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&printed);
+        let builder = SandboxBuilder::new()
+            .with_guest_heap_size(8 * MIB)
+            .with_host_print_fn(move |text| sink.lock().unwrap().push(text.to_owned()));
+        let clone = builder.clone().with_guest_heap_size(16 * MIB);
+        assert_eq!(clone.sizes().unwrap().heap, 16 * MIB);
+        assert_eq!(builder.sizes().unwrap().heap, 8 * MIB);
+        for b in [&builder, &clone] {
+            let print = b.print.as_ref().unwrap();
+            (print.lock().unwrap())("x");
+        }
+        assert_eq!(*printed.lock().unwrap(), ["x", "x"]);
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! [`LoadedWasmSandbox`]: a sandbox with a module, ready for calls.
 
-use hyperlight_wasm_protocol::message::ValueType;
+use std::marker::PhantomData;
 
-use crate::error::{ProtocolError, Result};
+use hyperlight_wasm_protocol::message::{ValueType, WasmAbi};
+
+use crate::compile::artifact::{ExportedFunction, WasmType};
+use crate::error::{Error, ProtocolError, Result};
 use crate::guest::Guest;
 use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::{
@@ -62,6 +65,7 @@ impl LoadedWasmSandbox {
         name: &str,
         args: impl ParameterTuple,
     ) -> Result<R> {
+        let _span = tracing::debug_span!("call_guest_function", function = name).entered();
         let value = self.guest.call(name, args.into_values(), R::TYPE)?;
         R::from_value(value).ok_or_else(|| {
             ProtocolError::UnexpectedMessage {
@@ -98,9 +102,103 @@ impl LoadedWasmSandbox {
         args: &[ParameterValue],
         returns: ReturnType,
     ) -> Result<ReturnValue> {
+        let _span = tracing::debug_span!("call_guest_function_dynamic", function = name).entered();
         let args = args.iter().cloned().map(Into::into).collect();
         let value = self.guest.call(name, args, returns.into())?;
         Ok(value.into())
+    }
+
+    /// The module's exported functions with their WebAssembly signatures,
+    /// by name, as the host read them from the module when it compiled it
+    /// (no guest round trip). Empty for a module the host knows nothing of.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(sandbox: &hyperlight_wasm::LoadedWasmSandbox) {
+    /// for export in sandbox.exports() {
+    ///     println!("{}: {:?} -> {:?}", export.name(), export.params(), export.results());
+    /// }
+    /// # }
+    /// ```
+    pub fn exports(&self) -> Vec<&ExportedFunction> {
+        let mut exports: Vec<&ExportedFunction> = self
+            .guest
+            .exports()
+            .map(|exports| exports.values().collect())
+            .unwrap_or_default();
+        exports.sort_by(|a, b| a.name.cmp(&b.name));
+        exports
+    }
+
+    /// The export `name` as a function taking `P` and returning `R`, its
+    /// signature checked once, here, against the module's:
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(sandbox: &mut hyperlight_wasm::LoadedWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// let add = sandbox.typed_function::<(i32, i32), i32>("add")?;
+    /// assert_eq!(add.call(sandbox, (1, 2))?, 3);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::GuestFunctionNotFound`] when the module exports no
+    /// such function, [`crate::Error::GuestFunctionParameterTypeMismatch`]
+    /// or [`crate::Error::GuestFunctionReturnTypeMismatch`] when `P` or `R`
+    /// do not fit its signature (see [`crate::SupportedParameterType`] for
+    /// the wasm types each Rust type is passed as).
+    pub fn typed_function<P: ParameterTuple, R: SupportedReturnType>(
+        &self,
+        name: &str,
+    ) -> Result<TypedGuestFunction<P, R>> {
+        let not_found = || Error::GuestFunctionNotFound {
+            function: name.to_owned(),
+        };
+        let export = self
+            .guest
+            .exports()
+            .ok_or_else(not_found)?
+            .get(name)
+            .ok_or_else(not_found)?;
+        let params: Vec<WasmAbi> = P::types()
+            .iter()
+            .flat_map(|ty| ty.wasm_params().iter().copied())
+            .collect();
+        if !same_shape(&params, &export.params) {
+            return Err(Error::GuestFunctionParameterTypeMismatch {
+                function: name.to_owned(),
+                message: format!(
+                    "the export takes {:?}; {} are passed as {params:?}",
+                    export.params,
+                    type_list(&P::types())
+                ),
+            });
+        }
+        let result = R::TYPE.wasm_result();
+        if !same_shape(result, &export.results) {
+            return Err(Error::GuestFunctionReturnTypeMismatch {
+                function: name.to_owned(),
+                message: format!(
+                    "the export returns {:?}; {} is returned as {result:?}",
+                    export.results,
+                    R::TYPE
+                ),
+            });
+        }
+        Ok(TypedGuestFunction {
+            name: name.to_owned(),
+            types: PhantomData,
+        })
+    }
+
+    /// Whether an earlier failure of the host's own machinery (KVM, the OS,
+    /// a failed restore) left the sandbox unusable: every call then fails
+    /// with [`crate::Error::Poisoned`], and the sandbox should be dropped.
+    /// Guest faults, traps and cancellations do not poison it (the host
+    /// restores the sandbox after them).
+    pub fn is_poisoned(&self) -> bool {
+        self.guest.poisoned().is_some()
     }
 
     /// A handle that cancels the call this sandbox is running, from any
@@ -141,10 +239,72 @@ impl LoadedWasmSandbox {
     ///
     /// Fails if the guest is unusable; the sandbox is consumed either way.
     pub fn unload_module(mut self) -> Result<WasmSandbox> {
+        let _span = tracing::debug_span!("unload_module").entered();
         crate::metrics::metrics()
             .unloads_of_loaded_wasm_sandboxes
             .inc();
         self.guest.unload_module()?;
         Ok(WasmSandbox::new(self.guest))
     }
+}
+
+/// An export of a loaded module, typed: its signature was checked against
+/// `P` and `R` once, by [`LoadedWasmSandbox::typed_function`]. It holds no
+/// reference to the sandbox; call it with the sandbox it came from (after
+/// [`LoadedWasmSandbox::unload_module`] its module is gone, and calls fail).
+pub struct TypedGuestFunction<P, R> {
+    name: String,
+    types: PhantomData<fn(P) -> R>,
+}
+
+impl<P, R> std::fmt::Debug for TypedGuestFunction<P, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TypedGuestFunction")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, R> Clone for TypedGuestFunction<P, R> {
+    fn clone(&self) -> Self {
+        TypedGuestFunction {
+            name: self.name.clone(),
+            types: PhantomData,
+        }
+    }
+}
+
+impl<P: ParameterTuple, R: SupportedReturnType> TypedGuestFunction<P, R> {
+    /// The export's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Calls the function in `sandbox`.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadedWasmSandbox::call_guest_function`].
+    pub fn call(&self, sandbox: &mut LoadedWasmSandbox, args: P) -> Result<R> {
+        sandbox.call_guest_function(&self.name, args)
+    }
+}
+
+/// Whether the wasm values a Rust signature is passed as are the export's.
+fn same_shape(abi: &[WasmAbi], export: &[WasmType]) -> bool {
+    abi.len() == export.len()
+        && abi.iter().zip(export).all(|(a, t)| {
+            matches!(
+                (a, t),
+                (WasmAbi::I32, WasmType::I32)
+                    | (WasmAbi::I64, WasmType::I64)
+                    | (WasmAbi::F32, WasmType::F32)
+                    | (WasmAbi::F64, WasmType::F64)
+            )
+        })
+}
+
+fn type_list(types: &[ValueType]) -> String {
+    let names: Vec<&str> = types.iter().map(|t| t.name()).collect();
+    format!("({})", names.join(", "))
 }

@@ -12,10 +12,9 @@ mod wasm;
 
 pub use builder::SandboxBuilder;
 pub use host_functions::HostFunction;
-pub use loaded::LoadedWasmSandbox;
+pub use loaded::{LoadedWasmSandbox, TypedGuestFunction};
 pub use params::{
-    HostParameterType, HostReturnType, HostValue, ParameterTuple, SupportedParameterType,
-    SupportedReturnType,
+    HostParameterType, HostReturnType, ParameterTuple, SupportedParameterType, SupportedReturnType,
 };
 pub use proto::ProtoWasmSandbox;
 pub use snapshot::Snapshot;

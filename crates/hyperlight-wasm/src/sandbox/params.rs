@@ -11,7 +11,10 @@ use hyperlight_wasm_protocol::message::{Value, ValueType};
 use crate::error::BoxError;
 
 mod sealed {
+    /// The value types (no type outside this crate can become one).
     pub trait Sealed {}
+    /// The argument lists (likewise).
+    pub trait SealedTuple {}
 }
 
 /// A type that can be passed to a guest function.
@@ -23,6 +26,9 @@ mod sealed {
 /// the runtime allocated with the module's exported `malloc` and frees with
 /// its `free` after the call: the function must copy what it keeps.
 pub trait SupportedParameterType: sealed::Sealed {
+    /// The argument's type.
+    #[doc(hidden)]
+    const TYPE: ValueType;
     /// The protocol value.
     #[doc(hidden)]
     fn into_value(self) -> Value;
@@ -45,8 +51,11 @@ pub trait SupportedReturnType: sealed::Sealed + Sized {
 }
 
 /// The arguments of a guest call: `()`, a single value, or a tuple of up to
-/// 12 values.
-pub trait ParameterTuple {
+/// 12 values. Sealed: implemented for exactly those.
+pub trait ParameterTuple: sealed::SealedTuple {
+    /// The arguments' types, in order.
+    #[doc(hidden)]
+    fn types() -> Vec<ValueType>;
     /// The arguments, in order.
     #[doc(hidden)]
     fn into_values(self) -> Vec<Value>;
@@ -83,8 +92,8 @@ pub trait HostReturnType {
     fn into_result(self) -> Result<Value, BoxError>;
 }
 
-/// A plain value a host function returns (the `T` of `Result<T, E>`).
-#[doc(hidden)]
+/// A plain value a host function returns (the `T` of `Result<T, E>`). Not
+/// exported: it only bounds [`HostReturnType`]'s implementations.
 pub trait HostValue: sealed::Sealed {
     /// The value's type.
     const TYPE: ValueType;
@@ -107,9 +116,10 @@ impl<T: HostValue, E: Into<BoxError>> HostReturnType for Result<T, E> {
 }
 
 macro_rules! value_type {
-    ($($ty:ty => $variant:ident),* $(,)?) => {$(
+    ($(($variant:ident, $ty:ty, $name:literal, $api:ident, [$($param:ident),*], [$($result:ident),*], $doc:literal)),* $(,)?) => {$(
         impl sealed::Sealed for $ty {}
         impl SupportedParameterType for $ty {
+            const TYPE: ValueType = ValueType::$variant;
             fn into_value(self) -> Value {
                 Value::$variant(self)
             }
@@ -141,20 +151,12 @@ macro_rules! value_type {
     )*};
 }
 
-value_type! {
-    i32 => I32,
-    u32 => U32,
-    i64 => I64,
-    u64 => U64,
-    f32 => F32,
-    f64 => F64,
-    bool => Bool,
-    String => String,
-    Vec<u8> => Bytes,
-}
+// Every Rust type of the protocol's value table.
+hyperlight_wasm_protocol::value_types!(value_type);
 
 impl sealed::Sealed for &str {}
 impl SupportedParameterType for &str {
+    const TYPE: ValueType = ValueType::String;
     fn into_value(self) -> Value {
         Value::String(self.to_owned())
     }
@@ -162,6 +164,7 @@ impl SupportedParameterType for &str {
 
 impl sealed::Sealed for &[u8] {}
 impl SupportedParameterType for &[u8] {
+    const TYPE: ValueType = ValueType::Bytes;
     fn into_value(self) -> Value {
         Value::Bytes(self.to_vec())
     }
@@ -181,13 +184,22 @@ impl HostValue for () {
     }
 }
 
+impl<T: SupportedParameterType> sealed::SealedTuple for T {}
+impl sealed::SealedTuple for () {}
+
 impl<T: SupportedParameterType> ParameterTuple for T {
+    fn types() -> Vec<ValueType> {
+        vec![T::TYPE]
+    }
     fn into_values(self) -> Vec<Value> {
         vec![self.into_value()]
     }
 }
 
 impl ParameterTuple for () {
+    fn types() -> Vec<ValueType> {
+        Vec::new()
+    }
     fn into_values(self) -> Vec<Value> {
         Vec::new()
     }
@@ -195,7 +207,11 @@ impl ParameterTuple for () {
 
 macro_rules! tuple {
     ($($name:ident),+) => {
+        impl<$($name: SupportedParameterType),+> sealed::SealedTuple for ($($name,)+) {}
         impl<$($name: SupportedParameterType),+> ParameterTuple for ($($name,)+) {
+            fn types() -> Vec<ValueType> {
+                vec![$($name::TYPE),+]
+            }
             #[allow(non_snake_case, reason = "the type parameters name the values")]
             fn into_values(self) -> Vec<Value> {
                 let ($($name,)+) = self;
@@ -237,6 +253,10 @@ mod tests {
                 Value::F64(6.0),
                 Value::Bool(true)
             ]
+        );
+        assert_eq!(
+            <(i32, &str, &[u8])>::types(),
+            [ValueType::I32, ValueType::String, ValueType::Bytes]
         );
         let twelve = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12i64).into_values();
         assert_eq!(twelve.len(), 12);

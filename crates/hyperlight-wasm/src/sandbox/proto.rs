@@ -67,6 +67,7 @@ impl ProtoWasmSandbox {
     /// the runtime: [`crate::Error::GuestOutOfMemory`]). The sandbox is
     /// consumed either way.
     pub fn load_runtime(mut self) -> Result<WasmSandbox> {
+        let _span = tracing::debug_span!("load_runtime").entered();
         self.guest.boot()?;
         Ok(WasmSandbox::new(self.guest))
     }

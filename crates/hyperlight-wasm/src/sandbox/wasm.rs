@@ -191,6 +191,12 @@ impl WasmSandbox {
     }
 
     fn load(&mut self, prepared: &Prepared) -> Result<()> {
+        let _span = tracing::debug_span!(
+            "load_module",
+            origin = ?prepared.origin(),
+            bytes = prepared.code().len()
+        )
+        .entered();
         self.guest
             .load_module(prepared.code(), prepared.hash(), prepared.exports())
     }
@@ -198,6 +204,10 @@ impl WasmSandbox {
 
 /// The largest artifact file the precompiled loaders read: no artifact
 /// larger than the largest guest heap can load.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "3 GiB fits the usize of x86_64, the only target"
+)]
 const MAX_ARTIFACT_SIZE: usize = SandboxBuilder::MAX_GUEST_HEAP_SIZE as usize;
 
 /// Reads a module file of at most `limit` bytes, checking its size before

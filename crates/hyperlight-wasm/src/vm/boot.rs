@@ -42,6 +42,28 @@ const TSS_IOPB_OFFSET: u64 = 0x66;
 const TSS_IOPB: u64 = 0x68;
 const IOPB_BYTES: u64 = 256 / 8;
 const TSS_LIMIT: u64 = TSS_IOPB + IOPB_BYTES; // includes the terminator byte
+/// The same constants in the widths the structures hold (each small enough,
+/// checked at compile time below).
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "checked by the assertion below"
+)]
+mod narrow {
+    use super::{GDT_SIZE, IOPB_BYTES, TSS_IOPB, TSS_LIMIT};
+    pub(super) const TSS_IOPB_U16: u16 = TSS_IOPB as u16;
+    pub(super) const IOPB_LEN: usize = IOPB_BYTES as usize;
+    pub(super) const TSS_LIMIT_U32: u32 = TSS_LIMIT as u32;
+    pub(super) const GDT_LIMIT: u16 = (GDT_SIZE - 1) as u16;
+}
+use narrow::{GDT_LIMIT, IOPB_LEN, TSS_IOPB_U16, TSS_LIMIT_U32};
+/// 256 gates of 16 bytes.
+const IDT_LIMIT: u16 = 256 * 16 - 1;
+const _: () = assert!(
+    TSS_IOPB <= u16::MAX as u64
+        && TSS_LIMIT <= u32::MAX as u64
+        && GDT_SIZE - 1 <= u16::MAX as u64
+        && IOPB_BYTES <= 4096
+);
 
 /// Number of exception vectors that get a stub.
 pub(crate) const EXCEPTION_VECTORS: u8 = 32;
@@ -157,7 +179,7 @@ impl<'m> PageTables<'m> {
             return Err(BootError::PageTablesFull);
         }
         self.next += PAGE_SIZE;
-        self.mem.write(table, &[0u8; PAGE_SIZE as usize])?;
+        self.mem.write(table, &[0u8; super::memory::PAGE])?;
         Ok(table)
     }
 
@@ -227,8 +249,8 @@ pub(crate) fn write_guest_memory(
 
     // TSS with RSP0 and the I/O permission bitmap.
     mem.write_u64(TSS + TSS_RSP0, EXCEPTION_STACK.end())?;
-    mem.write(TSS + TSS_IOPB_OFFSET, &(TSS_IOPB as u16).to_le_bytes())?;
-    let mut bitmap = [0xffu8; IOPB_BYTES as usize + 1];
+    mem.write(TSS + TSS_IOPB_OFFSET, &TSS_IOPB_U16.to_le_bytes())?;
+    let mut bitmap = [0xffu8; IOPB_LEN + 1];
     for port in Port::guest_ports() {
         let port = port as usize;
         bitmap[port / 8] &= !(1 << (port % 8));
@@ -308,6 +330,10 @@ fn tss_descriptor(base: u64, limit: u64) -> (u64, u64) {
 }
 
 /// A 64-bit interrupt gate to `handler` in the kernel code segment.
+#[allow(
+    clippy::cast_possible_truncation,
+    reason = "a gate holds the address split into 16-, 16- and 32-bit parts"
+)]
 fn interrupt_gate(handler: u64) -> [u8; 16] {
     let mut gate = [0u8; 16];
     gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
@@ -365,7 +391,7 @@ pub(crate) fn initial_sregs(mut sregs: kvm_sregs, pml4: u64) -> kvm_sregs {
     sregs.ss = data;
     sregs.tr = kvm_segment {
         base: TSS,
-        limit: TSS_LIMIT as u32,
+        limit: TSS_LIMIT_U32,
         selector: TSS_SELECTOR,
         type_: 0xb,
         present: 1,
@@ -379,9 +405,9 @@ pub(crate) fn initial_sregs(mut sregs: kvm_sregs, pml4: u64) -> kvm_sregs {
         padding: 0,
     };
     sregs.gdt.base = GDT;
-    sregs.gdt.limit = (GDT_SIZE - 1) as u16;
+    sregs.gdt.limit = GDT_LIMIT;
     sregs.idt.base = IDT;
-    sregs.idt.limit = (256 * 16 - 1) as u16;
+    sregs.idt.limit = IDT_LIMIT;
     sregs.cr0 = CR0_PE | CR0_MP | CR0_ET | CR0_NE | CR0_WP | CR0_PG;
     sregs.cr3 = pml4;
     sregs.cr4 = CR4_PAE | CR4_OSFXSR | CR4_OSXMMEXCPT;

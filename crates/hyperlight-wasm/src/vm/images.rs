@@ -33,29 +33,97 @@ pub(crate) struct ImageKey {
     pub module: Option<[u8; 32]>,
 }
 
-#[derive(Debug, Default)]
-struct Images {
-    entries: HashMap<ImageKey, (Arc<Snapshot>, u64)>,
+/// A bounded LRU map of shared values by key, each with its size in bytes.
+#[derive(Debug)]
+struct Lru<T> {
+    entries: HashMap<ImageKey, Entry<T>>,
     bytes: usize,
     clock: u64,
+    max_entries: usize,
+    max_bytes: usize,
 }
 
-fn images() -> MutexGuard<'static, Images> {
-    static IMAGES: OnceLock<Mutex<Images>> = OnceLock::new();
+#[derive(Debug)]
+struct Entry<T> {
+    value: Arc<T>,
+    size: usize,
+    used: u64,
+}
+
+impl<T> Lru<T> {
+    fn new(max_entries: usize, max_bytes: usize) -> Lru<T> {
+        Lru {
+            entries: HashMap::new(),
+            bytes: 0,
+            clock: 0,
+            max_entries,
+            max_bytes,
+        }
+    }
+
+    fn get(&mut self, key: &ImageKey) -> Option<Arc<T>> {
+        self.clock += 1;
+        let entry = self.entries.get_mut(key)?;
+        entry.used = self.clock;
+        Some(Arc::clone(&entry.value))
+    }
+
+    /// Keeps `value` (of `size` bytes) under `key`, evicting the least
+    /// recently used entries while over a limit; returns what it evicted
+    /// (for the caller to drop outside its lock). A value that alone
+    /// exceeds the byte limit is not kept.
+    fn insert(&mut self, key: ImageKey, value: Arc<T>, size: usize) -> Vec<Arc<T>> {
+        let mut evicted = Vec::new();
+        if size > self.max_bytes {
+            evicted.push(value);
+            return evicted;
+        }
+        self.clock += 1;
+        let entry = Entry {
+            value,
+            size,
+            used: self.clock,
+        };
+        if let Some(old) = self.entries.insert(key, entry) {
+            self.bytes -= old.size;
+            evicted.push(old.value);
+        }
+        self.bytes += size;
+        while self.entries.len() > self.max_entries || self.bytes > self.max_bytes {
+            let Some(oldest) = self
+                .entries
+                .iter()
+                .filter(|(k, _)| **k != key)
+                .min_by_key(|(_, entry)| entry.used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some(old) = self.entries.remove(&oldest) {
+                self.bytes -= old.size;
+                evicted.push(old.value);
+            }
+        }
+        evicted
+    }
+
+    fn clear(&mut self) -> Vec<Arc<T>> {
+        self.bytes = 0;
+        self.entries.drain().map(|(_, entry)| entry.value).collect()
+    }
+}
+
+fn images() -> MutexGuard<'static, Lru<Snapshot>> {
+    static IMAGES: OnceLock<Mutex<Lru<Snapshot>>> = OnceLock::new();
     IMAGES
-        .get_or_init(Mutex::default)
+        .get_or_init(|| Mutex::new(Lru::new(MAX_IMAGES, MAX_BYTES)))
         .lock()
         .unwrap_or_else(|e| e.into_inner())
 }
 
 /// The image for `key`, if there is one.
 pub(crate) fn get(key: &ImageKey) -> Option<Arc<Snapshot>> {
-    let mut images = images();
-    images.clock += 1;
-    let now = images.clock;
-    let (image, used) = images.entries.get_mut(key)?;
-    *used = now;
-    Some(Arc::clone(image))
+    images().get(key)
 }
 
 /// Keeps `image` as the image for `key` (evicting the least recently used
@@ -63,35 +131,7 @@ pub(crate) fn get(key: &ImageKey) -> Option<Arc<Snapshot>> {
 /// is not kept.
 pub(crate) fn insert(key: ImageKey, image: Arc<Snapshot>) {
     let size = image.memory_bytes();
-    if size > MAX_BYTES {
-        return;
-    }
-    let mut evicted = Vec::new();
-    {
-        let mut images = images();
-        images.clock += 1;
-        let now = images.clock;
-        if let Some((old, _)) = images.entries.insert(key, (image, now)) {
-            images.bytes -= old.memory_bytes();
-            evicted.push(old);
-        }
-        images.bytes += size;
-        while images.entries.len() > MAX_IMAGES || images.bytes > MAX_BYTES {
-            let Some(oldest) = images
-                .entries
-                .iter()
-                .filter(|(k, _)| **k != key)
-                .min_by_key(|(_, (_, used))| *used)
-                .map(|(k, _)| *k)
-            else {
-                break;
-            };
-            if let Some((old, _)) = images.entries.remove(&oldest) {
-                images.bytes -= old.memory_bytes();
-                evicted.push(old);
-            }
-        }
-    }
+    let evicted = images().insert(key, image, size);
     // Unmapping happens outside the lock.
     drop(evicted);
 }
@@ -101,10 +141,50 @@ pub(crate) fn insert(key: ImageKey, image: Arc<Snapshot>) {
 /// sandbox uses them. The next sandbox of each configuration boots its guest
 /// and loads its module again, and takes new images.
 pub fn clear() {
-    let evicted: Vec<_> = {
-        let mut images = images();
-        images.bytes = 0;
-        images.entries.drain().collect()
-    };
+    let evicted = images().clear();
     drop(evicted);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> ImageKey {
+        ImageKey {
+            sizes: crate::vm::testing::SIZES,
+            module: Some([n; 32]),
+        }
+    }
+
+    #[test]
+    fn the_least_recently_used_entry_goes_first() {
+        let mut lru = Lru::new(2, 1000);
+        assert!(lru.insert(key(1), Arc::new(1), 10).is_empty());
+        assert!(lru.insert(key(2), Arc::new(2), 10).is_empty());
+        // Using 1 makes 2 the oldest.
+        assert_eq!(lru.get(&key(1)).as_deref(), Some(&1));
+        let evicted = lru.insert(key(3), Arc::new(3), 10);
+        assert_eq!(evicted.iter().map(|v| **v).collect::<Vec<_>>(), [2]);
+        assert!(lru.get(&key(2)).is_none());
+        assert!(lru.get(&key(1)).is_some() && lru.get(&key(3)).is_some());
+    }
+
+    #[test]
+    fn bytes_are_bounded_and_replacements_counted_once() {
+        let mut lru = Lru::new(10, 100);
+        lru.insert(key(1), Arc::new(1), 60);
+        // Replacing an entry gives its bytes back.
+        let evicted = lru.insert(key(1), Arc::new(11), 60);
+        assert_eq!((evicted.len(), lru.bytes), (1, 60));
+        // Over the byte limit: the older entry goes, the new one stays.
+        let evicted = lru.insert(key(2), Arc::new(2), 50);
+        assert_eq!(evicted.iter().map(|v| **v).collect::<Vec<_>>(), [11]);
+        assert_eq!(lru.bytes, 50);
+        // Too large on its own: not kept, nothing else evicted.
+        let evicted = lru.insert(key(3), Arc::new(3), 101);
+        assert_eq!(evicted.iter().map(|v| **v).collect::<Vec<_>>(), [3]);
+        assert!(lru.get(&key(2)).is_some() && lru.get(&key(3)).is_none());
+        assert_eq!(lru.clear().len(), 1);
+        assert_eq!(lru.bytes, 0);
+    }
 }

@@ -32,15 +32,14 @@
 //! [`set_interrupt_signal`]; a handler the application installed for it is
 //! never replaced (creating a sandbox fails instead).
 //!
-//! Time limits use one process-wide watchdog thread that sleeps until the
-//! earliest deadline of the calls running now and kills the calls whose
-//! deadline passed; there is no thread per sandbox.
+//! Time limits use one process-wide watchdog thread ([`super::watchdog`]).
 
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use super::error::{RunError, VmError};
+use super::watchdog::{disarm, watchdog};
 use crate::error::{CancelReason, Error, Result};
 
 /// The offset from `SIGRTMIN` of the signal that kicks a vCPU, unless the
@@ -49,7 +48,7 @@ const KICK_SIGNAL_OFFSET: libc::c_int = 6;
 
 const NOT_CANCELLED: u8 = 0;
 const KILLED: u8 = 1;
-const TIMED_OUT: u8 = 2;
+pub(super) const TIMED_OUT: u8 = 2;
 
 /// What the killer and the vCPU thread share about the current call.
 #[derive(Debug)]
@@ -116,7 +115,7 @@ impl InterruptHandle {
 impl Shared {
     /// Requests cancellation of the running call (of `generation`, if
     /// given); returns the generation it applied to.
-    fn request_cancel(&self, reason: u8, generation: Option<u64>) -> Option<u64> {
+    pub(super) fn request_cancel(&self, reason: u8, generation: Option<u64>) -> Option<u64> {
         let slot = self.lock();
         if !slot.running || generation.is_some_and(|g| g != slot.generation) {
             return None;
@@ -180,7 +179,7 @@ impl Interrupts {
         immediate_exit: *mut u8,
         time_limit: Duration,
         cancel_wait: Duration,
-    ) -> Result<Interrupts> {
+    ) -> Result<Interrupts, VmError> {
         install_signal_handler()?;
         // A sandbox is never created without the thread that enforces its
         // time limits.
@@ -218,19 +217,26 @@ impl Interrupts {
     ///
     /// # Errors
     ///
-    /// [`Error::WatchdogUnavailable`] if the watchdog thread cannot be
-    /// started (nothing is marked running then), [`Error::Kvm`] if KVM
-    /// refuses the signal mask.
-    pub(crate) fn begin(&mut self, vcpu: &kvm_ioctls::VcpuFd) -> Result<()> {
-        let watchdog = watchdog()?;
+    /// [`VmError::Watchdog`] if the watchdog thread cannot be started
+    /// (nothing is marked running then), [`VmError::Kvm`] if KVM refuses
+    /// the signal mask.
+    pub(crate) fn begin(&mut self, vcpu: &kvm_ioctls::VcpuFd) -> Result<(), VmError> {
         let kick = kick_bit(kick_signal());
         let mask = thread_signal_mask();
-        self.thread_blocks_kick = mask & kick != 0;
         let wanted = mask & !kick;
         if self.kvm_mask != Some(wanted) {
             set_kvm_signal_mask(vcpu, wanted)?;
             self.kvm_mask = Some(wanted);
         }
+        self.start(mask & kick != 0)
+    }
+
+    /// The part of [`Interrupts::begin`] that needs no vCPU: marks the call
+    /// running on this thread (which blocks the kick signal outside
+    /// `KVM_RUN` if `thread_blocks_kick`) and arms its time limit.
+    fn start(&mut self, thread_blocks_kick: bool) -> Result<(), VmError> {
+        let watchdog = watchdog()?;
+        self.thread_blocks_kick = thread_blocks_kick;
         let generation = {
             let mut slot = self.shared.lock();
             slot.running = true;
@@ -289,18 +295,16 @@ impl Interrupts {
 
     /// Called when `KVM_RUN` returned `EINTR`, and before every entry:
     /// clears the kick and says whether the call must stop.
-    pub(crate) fn check(&self) -> Result<()> {
+    pub(crate) fn check(&self) -> Result<(), RunError> {
         // SAFETY: as in `end`.
         unsafe { AtomicU8::from_ptr(self.shared.immediate_exit) }.store(0, Ordering::SeqCst);
         std::sync::atomic::fence(Ordering::SeqCst);
         match self.shared.cancel.load(Ordering::SeqCst) {
             NOT_CANCELLED => Ok(()),
-            TIMED_OUT => Err(Error::ExecutionCancelledByHost {
-                reason: CancelReason::TimeLimit(self.time_limit),
-            }),
-            _ => Err(Error::ExecutionCancelledByHost {
-                reason: CancelReason::Killed,
-            }),
+            TIMED_OUT => Err(RunError::Cancelled(CancelReason::TimeLimit(
+                self.time_limit,
+            ))),
+            _ => Err(RunError::Cancelled(CancelReason::Killed)),
         }
     }
 }
@@ -384,7 +388,7 @@ extern "C" fn on_kick(_: libc::c_int) {}
 
 /// Installs the no-op handler for the kick signal, once per process,
 /// unless the application has a handler of its own there.
-fn install_signal_handler() -> Result<()> {
+fn install_signal_handler() -> Result<(), VmError> {
     let mut choice = SIGNAL.lock().unwrap_or_else(|e| e.into_inner());
     if choice.installed {
         return Ok(());
@@ -392,10 +396,7 @@ fn install_signal_handler() -> Result<()> {
     let signal = choice
         .chosen
         .unwrap_or_else(|| libc::SIGRTMIN() + KICK_SIGNAL_OFFSET);
-    let os_error = || Error::Os {
-        operation: "install the vCPU kick signal handler",
-        source: std::io::Error::last_os_error(),
-    };
+    let os_error = || VmError::last_os("install the vCPU kick signal handler");
     // SAFETY: sigaction with a null new action only reads the current one
     // into a zeroed struct we own.
     let current = unsafe {
@@ -406,7 +407,7 @@ fn install_signal_handler() -> Result<()> {
         current
     };
     if current.sa_sigaction != libc::SIG_DFL {
-        return Err(Error::InterruptSignalInUse { signal });
+        return Err(VmError::SignalInUse(signal));
     }
     // SAFETY: a zeroed sigaction is a valid starting point; the handler is
     // async-signal-safe (it does nothing). SA_RESTART keeps other system
@@ -455,7 +456,7 @@ struct KvmSignalMask {
 }
 
 /// Makes `KVM_RUN` on `vcpu` run with signal mask `mask`.
-fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: u64) -> Result<()> {
+fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: u64) -> Result<(), VmError> {
     use std::os::fd::AsRawFd;
     let request = KvmSignalMask {
         len: 8,
@@ -465,170 +466,107 @@ fn set_kvm_signal_mask(vcpu: &kvm_ioctls::VcpuFd, mask: u64) -> Result<()> {
     // of the kernel's sigset size (8 bytes), which KVM only reads.
     let rc = unsafe { libc::ioctl(vcpu.as_raw_fd(), KVM_SET_SIGNAL_MASK, &request) };
     if rc != 0 {
-        return Err(Error::Kvm {
+        return Err(VmError::Kvm {
             operation: "KVM_SET_SIGNAL_MASK",
-            source: kvm_ioctls::Error::last(),
+            source: std::io::Error::last_os_error(),
         });
     }
     Ok(())
-}
-
-/// Deadlines of the running calls: (deadline, entry id) to the call's
-/// shared state and generation.
-type Deadlines = BTreeMap<(Instant, u64), (Weak<Shared>, u64)>;
-
-/// What the watchdog thread knows.
-#[derive(Default)]
-struct WatchdogState {
-    deadlines: Deadlines,
-    /// When the thread wakes up next by itself (`None`: only when told).
-    /// A call whose deadline is not earlier does not wake it: it checks
-    /// then, and sleeps until the earliest deadline left. So a sandbox
-    /// making call after call wakes it about once per time limit, not
-    /// once per call.
-    wakes_at: Option<Instant>,
-}
-
-/// The process-wide watchdog: deadlines of the running calls.
-struct Watchdog {
-    state: Mutex<WatchdogState>,
-    changed: Condvar,
-    next_id: AtomicU64,
-    /// Whether its thread runs (set once it was started).
-    running: AtomicBool,
-    /// Serializes attempts to start the thread.
-    starting: Mutex<()>,
-}
-
-static WATCHDOG: OnceLock<Watchdog> = OnceLock::new();
-
-/// The watchdog, its thread started. If the thread cannot start, time
-/// limits cannot be enforced: the error goes to the caller (no call runs
-/// without its limit), and the next caller tries again.
-fn watchdog() -> Result<&'static Watchdog> {
-    let watchdog = WATCHDOG.get_or_init(Watchdog::new);
-    watchdog.ensure_started(|watchdog| {
-        std::thread::Builder::new()
-            .name(String::from("hyperlight-wasm-watchdog"))
-            .spawn(move || watchdog.run())
-            .map(drop)
-    })?;
-    Ok(watchdog)
-}
-
-/// Removes a deadline (only ever armed on a started watchdog).
-fn disarm(deadline: Instant, id: u64) {
-    if let Some(watchdog) = WATCHDOG.get() {
-        watchdog.disarm(deadline, id);
-    }
-}
-
-impl Watchdog {
-    fn new() -> Watchdog {
-        Watchdog {
-            state: Mutex::new(WatchdogState::default()),
-            changed: Condvar::new(),
-            next_id: AtomicU64::new(0),
-            running: AtomicBool::new(false),
-            starting: Mutex::new(()),
-        }
-    }
-
-    /// Starts the thread with `spawn` unless it runs.
-    fn ensure_started(
-        &'static self,
-        spawn: impl FnOnce(&'static Watchdog) -> std::io::Result<()>,
-    ) -> Result<()> {
-        if self.running.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        let _starting = self.starting.lock().unwrap_or_else(|e| e.into_inner());
-        if self.running.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        spawn(self).map_err(|source| Error::WatchdogUnavailable { source })?;
-        self.running.store(true, Ordering::Release);
-        Ok(())
-    }
-
-    fn lock(&self) -> MutexGuard<'_, WatchdogState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn arm(&self, deadline: Instant, shared: Weak<Shared>, generation: u64) -> u64 {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut state = self.lock();
-        state.deadlines.insert((deadline, id), (shared, generation));
-        let wake = state.wakes_at.is_none_or(|wakes_at| deadline < wakes_at);
-        if wake {
-            // Not notified twice for the same change.
-            state.wakes_at = Some(deadline);
-        }
-        drop(state);
-        if wake {
-            self.changed.notify_one();
-        }
-        id
-    }
-
-    fn disarm(&self, deadline: Instant, id: u64) {
-        self.lock().deadlines.remove(&(deadline, id));
-    }
-
-    fn run(&self) {
-        let mut state = self.lock();
-        loop {
-            let now = Instant::now();
-            let expired: Vec<_> = state
-                .deadlines
-                .range(..=(now, u64::MAX))
-                .map(|(key, _)| *key)
-                .collect();
-            for key in expired {
-                if let Some((shared, generation)) = state.deadlines.remove(&key)
-                    && let Some(shared) = shared.upgrade()
-                {
-                    shared.request_cancel(TIMED_OUT, Some(generation));
-                }
-            }
-            let next = state.deadlines.keys().next().map(|(deadline, _)| *deadline);
-            state.wakes_at = next;
-            let wait = next.map(|deadline| deadline.saturating_duration_since(Instant::now()));
-            state = match wait {
-                Some(wait) => self
-                    .changed
-                    .wait_timeout(state, wait)
-                    .map(|(guard, _)| guard)
-                    .unwrap_or_else(|e| e.into_inner().0),
-                None => self.changed.wait(state).unwrap_or_else(|e| e.into_inner()),
-            };
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// An `Interrupts` over a stand-in for `kvm_run.immediate_exit` (no
+    /// vCPU: the state machine alone).
+    fn interrupts(byte: &mut u8, time_limit: Duration) -> Interrupts {
+        Interrupts::new(byte, time_limit, Duration::ZERO).unwrap()
+    }
+
+    fn immediate_exit(interrupts: &Interrupts) -> u8 {
+        // SAFETY: the byte outlives the test's `Interrupts`.
+        unsafe { AtomicU8::from_ptr(interrupts.shared.immediate_exit) }.load(Ordering::SeqCst)
+    }
+
     #[test]
-    fn a_watchdog_that_cannot_start_is_an_error_and_is_retried() {
-        let watchdog: &'static Watchdog = Box::leak(Box::new(Watchdog::new()));
-        let refused = watchdog.ensure_started(|_| Err(std::io::Error::other("no threads left")));
-        assert!(matches!(refused, Err(Error::WatchdogUnavailable { .. })));
-        assert!(!watchdog.running.load(Ordering::SeqCst));
-        // The next caller tries again, and once it runs nobody starts it
-        // twice.
-        let mut spawned = 0;
-        watchdog
-            .ensure_started(|_| {
-                spawned += 1;
-                Ok(())
-            })
-            .unwrap();
-        watchdog
-            .ensure_started(|_| -> std::io::Result<()> { panic!("started twice") })
-            .unwrap();
-        assert_eq!(spawned, 1);
+    fn a_kill_outside_a_call_does_nothing() {
+        let mut byte = 0u8;
+        let mut interrupts = interrupts(&mut byte, Duration::from_secs(60));
+        let handle = interrupts.handle();
+        assert!(!handle.kill());
+        assert_eq!(immediate_exit(&interrupts), 0);
+        interrupts.start(false).unwrap();
+        assert!(interrupts.check().is_ok());
+        interrupts.end();
+        assert!(!handle.kill());
+        interrupts.start(false).unwrap();
+        assert!(
+            interrupts.check().is_ok(),
+            "an old kill never reaches a new call"
+        );
+        interrupts.end();
+    }
+
+    #[test]
+    fn a_kill_during_a_call_cancels_it_once() {
+        let mut byte = 0u8;
+        let mut interrupts = interrupts(&mut byte, Duration::from_secs(60));
+        let handle = interrupts.handle();
+        interrupts.start(false).unwrap();
+        // No wait (cancel_wait 0): the call has not stopped yet.
+        assert!(!handle.kill());
+        assert_eq!(
+            immediate_exit(&interrupts),
+            1,
+            "the next entry returns at once"
+        );
+        assert!(matches!(
+            interrupts.check(),
+            Err(RunError::Cancelled(CancelReason::Killed))
+        ));
+        assert_eq!(immediate_exit(&interrupts), 0, "check clears the kick");
+        interrupts.end();
+        interrupts.start(false).unwrap();
+        assert!(interrupts.check().is_ok());
+        interrupts.end();
+    }
+
+    #[test]
+    fn a_deadline_of_an_earlier_call_does_not_stop_a_later_one() {
+        let mut byte = 0u8;
+        let mut interrupts = interrupts(&mut byte, Duration::from_secs(60));
+        interrupts.start(false).unwrap();
+        let old = interrupts.shared.lock().generation;
+        interrupts.end();
+        interrupts.start(false).unwrap();
+        assert_eq!(interrupts.shared.request_cancel(TIMED_OUT, Some(old)), None);
+        assert!(interrupts.check().is_ok());
+        interrupts.end();
+    }
+
+    #[test]
+    fn the_watchdog_cancels_a_call_past_its_time_limit() {
+        let mut byte = 0u8;
+        let limit = Duration::from_millis(20);
+        let mut interrupts = interrupts(&mut byte, limit);
+        interrupts.start(false).unwrap();
+        // Wait for the watchdog's verdict (it comes after `limit`).
+        let result = loop {
+            match interrupts.check() {
+                Ok(()) => std::thread::yield_now(),
+                other => break other,
+            }
+        };
+        assert!(matches!(
+            result,
+            Err(RunError::Cancelled(CancelReason::TimeLimit(l))) if l == limit
+        ));
+        interrupts.end();
+        // Disarmed: the next call starts with a clean slate.
+        interrupts.start(false).unwrap();
+        assert!(interrupts.check().is_ok());
+        interrupts.end();
     }
 
     #[test]

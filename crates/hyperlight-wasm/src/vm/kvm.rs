@@ -5,7 +5,7 @@ use std::sync::OnceLock;
 use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Cap, Kvm};
 
-use crate::error::{Error, Result};
+use super::error::VmError;
 
 /// `/dev/kvm`, checked for what the VMM needs, and the CPUID it hands every
 /// vCPU.
@@ -30,7 +30,7 @@ const REQUIRED_CAPS: [(Cap, &str); 3] = [
 
 /// The handle, opened on first use. A failure is not cached: a process can
 /// be given access to `/dev/kvm` later.
-pub(crate) fn kvm() -> Result<&'static KvmHandle> {
+pub(crate) fn kvm() -> Result<&'static KvmHandle, VmError> {
     static HANDLE: OnceLock<KvmHandle> = OnceLock::new();
     if let Some(handle) = HANDLE.get() {
         return Ok(handle);
@@ -39,17 +39,17 @@ pub(crate) fn kvm() -> Result<&'static KvmHandle> {
     Ok(HANDLE.get_or_init(|| handle))
 }
 
-fn open() -> Result<KvmHandle> {
-    let kvm = Kvm::new().map_err(|e| Error::HypervisorUnavailable {
-        reason: format!(
-            "cannot open /dev/kvm ({e}); hyperlight-wasm needs Linux with KVM: check that \
-             /dev/kvm exists and that this user may read and write it"
+fn open() -> Result<KvmHandle, VmError> {
+    let kvm = Kvm::new().map_err(|e| VmError::Unavailable {
+        reason: String::from(
+            "cannot open /dev/kvm (hyperlight-wasm needs Linux with KVM: check that /dev/kvm \
+             exists and that this user may read and write it)",
         ),
-        source: Some(e),
+        source: Some(std::io::Error::from_raw_os_error(e.errno())),
     })?;
     for (cap, name) in REQUIRED_CAPS {
         if !kvm.check_extension(cap) {
-            return Err(Error::HypervisorUnavailable {
+            return Err(VmError::Unavailable {
                 reason: format!("this KVM lacks {name}, which hyperlight-wasm needs"),
                 source: None,
             });
@@ -57,16 +57,15 @@ fn open() -> Result<KvmHandle> {
     }
     let cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| Error::Kvm {
-            operation: "KVM_GET_SUPPORTED_CPUID",
-            source,
-        })?;
+        .map_err(VmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
     let sync_regs = kvm.check_extension(Cap::SyncRegs);
     let manual = kvm.check_extension_raw(libc::c_ulong::from(
         kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
     ));
     let manual_dirty_log_protect =
-        manual > 0 && manual as u32 & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0;
+        // KVM answers with the flags it supports (0: none, negative: never).
+        u32::try_from(manual)
+            .is_ok_and(|flags| flags & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0);
     Ok(KvmHandle {
         kvm,
         cpuid,

@@ -21,7 +21,7 @@
 
 use hyperlight_wasm_protocol::boot::{IMAGE_BASE, IMAGE_LIMIT, Region};
 
-use crate::error::{Error, Result};
+use super::error::VmError;
 
 /// Size of a small page.
 pub(crate) const PAGE_SIZE: u64 = 0x1000;
@@ -96,8 +96,8 @@ pub(crate) struct Layout {
 
 impl Layout {
     /// Places the configurable regions. Sizes are rounded up to whole pages.
-    pub(crate) fn new(sizes: &Sizes) -> Result<Layout> {
-        let overflow = || Error::InvalidConfiguration {
+    pub(crate) fn new(sizes: &Sizes) -> Result<Layout, VmError> {
+        let overflow = || VmError::Layout {
             setting: "guest memory",
             value: sizes.heap,
             reason: String::from("does not fit in the guest address space"),
@@ -187,9 +187,6 @@ mod tests {
             input: 4096,
             output: 4096,
         };
-        assert!(matches!(
-            Layout::new(&sizes),
-            Err(Error::InvalidConfiguration { .. })
-        ));
+        assert!(matches!(Layout::new(&sizes), Err(VmError::Layout { .. })));
     }
 }

@@ -8,6 +8,7 @@ use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{VcpuFd, VmFd};
 
 use super::elf::{GuestImage, Segment};
+use super::error::VmError;
 use super::layout::{Layout, Sizes};
 use super::memory::GuestMemory;
 use super::{CallLimits, Exit, KVM_TSS_ADDRESS, Vm, create_vm, kvm};
@@ -62,10 +63,9 @@ impl RawVm {
         let handle = kvm::kvm()?;
         let layout = Layout::new(&default_sizes())?;
         let memory = GuestMemory::new(layout.memory_size())?;
-        let kvm_err = |operation| move |source| Error::Kvm { operation, source };
         let vm = create_vm(&handle.kvm)?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+            .map_err(VmError::kvm("KVM_SET_TSS_ADDR"))?;
         let region = kvm_userspace_memory_region {
             slot: 0,
             guest_phys_addr: 0,
@@ -76,8 +76,8 @@ impl RawVm {
         // SAFETY: the region is our own mapping of exactly that size, and it
         // outlives the VM (fields drop in order: vCPU, VM, then memory).
         unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
-        let vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+            .map_err(VmError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
+        let vcpu = vm.create_vcpu(0).map_err(VmError::kvm("KVM_CREATE_VCPU"))?;
         Ok(RawVm {
             _vcpu: vcpu,
             _vm: vm,
@@ -209,7 +209,7 @@ impl RawSpinLoop {
                                     rip: 0,
                                 });
                             }
-                            Err(e) => break Err(e),
+                            Err(e) => break Err(e.into()),
                         }
                     }
                 }));

@@ -12,9 +12,9 @@
 #[cfg(test)]
 use std::os::fd::{AsFd, FromRawFd};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
 
-use crate::error::{Error, Result};
+use super::error::VmError;
+use super::mapping::{Backing, Mapping};
 
 /// Page size, in bytes.
 pub(crate) const PAGE: usize = 4096;
@@ -31,7 +31,7 @@ pub(crate) struct OutOfBounds {
 /// The host's mapping of guest RAM.
 #[derive(Debug)]
 pub(crate) struct GuestMemory {
-    ptr: NonNull<u8>,
+    mapping: Mapping,
     size: usize,
     /// Pages the host wrote since the last [`GuestMemory::take_host_dirty`]
     /// (one bit per page; KVM's dirty log only sees guest writes).
@@ -45,45 +45,18 @@ pub(crate) struct GuestMemory {
     fail_maps: std::cell::Cell<u32>,
 }
 
-// SAFETY: GuestMemory owns its mapping exclusively (nothing else holds the
-// pointer but KVM, which only uses it while the owning sandbox runs its vCPU
-// on the thread that owns the sandbox); moving it to another thread is like
-// moving a Vec.
-unsafe impl Send for GuestMemory {}
-
 impl GuestMemory {
     /// Maps `size` bytes (a multiple of the page size) of zeroed memory.
-    pub(crate) fn new(size: u64) -> Result<GuestMemory> {
-        let len = usize::try_from(size).map_err(|_| Error::InvalidConfiguration {
+    pub(crate) fn new(size: u64) -> Result<GuestMemory, VmError> {
+        let len = usize::try_from(size).map_err(|_| VmError::Layout {
             setting: "guest memory",
             value: size,
             reason: String::from("exceeds the host's address space"),
         })?;
-        // SAFETY: an anonymous private mapping at an address the kernel
-        // chooses aliases nothing; the result is checked below.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Os {
-                operation: "map guest memory",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        let ptr = NonNull::new(ptr.cast::<u8>()).ok_or_else(|| Error::Os {
-            operation: "map guest memory",
-            source: std::io::Error::other("mmap returned a null mapping"),
-        })?;
+        let mapping = Mapping::anonymous(len)?;
         let pages = len.div_ceil(PAGE);
         Ok(GuestMemory {
-            ptr,
+            mapping,
             size: len,
             host_dirty: vec![0; pages.div_ceil(64)],
             broken: false,
@@ -94,7 +67,12 @@ impl GuestMemory {
 
     /// The host address of guest-physical address 0 (for KVM's memory slot).
     pub(crate) fn host_address(&self) -> u64 {
-        self.ptr.as_ptr() as u64
+        self.mapping.ptr().as_ptr() as u64
+    }
+
+    /// Size in bytes, as the host addresses it.
+    pub(crate) fn byte_len(&self) -> usize {
+        self.size
     }
 
     /// Size in bytes.
@@ -138,7 +116,11 @@ impl GuestMemory {
         // memory and cannot overlap it; the vCPU is not running (we hold
         // `&mut self`, and the vCPU only runs under `&mut` of its owner).
         unsafe {
-            std::ptr::copy_nonoverlapping(data.as_ptr(), self.ptr.as_ptr().add(offset), data.len());
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.mapping.ptr().as_ptr().add(offset),
+                data.len(),
+            );
         }
         Ok(offset)
     }
@@ -147,7 +129,7 @@ impl GuestMemory {
     pub(crate) fn zero_page_untracked(&mut self, page: usize) -> Result<(), OutOfBounds> {
         let offset = self.check((page * PAGE) as u64, PAGE)?;
         // SAFETY: as in `write`.
-        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(offset), 0, PAGE) };
+        unsafe { std::ptr::write_bytes(self.mapping.ptr().as_ptr().add(offset), 0, PAGE) };
         Ok(())
     }
 
@@ -160,15 +142,11 @@ impl GuestMemory {
         &mut self,
         image: BorrowedFd<'_>,
         runs: &[(usize, usize)],
-    ) -> Result<()> {
-        let result = self.map_fixed(0, self.size, None).and_then(|()| {
+    ) -> Result<(), VmError> {
+        let result = self.map_fixed(0, self.size, Backing::Zeros).and_then(|()| {
             runs.iter().try_for_each(|&(first, pages)| {
-                let offset = first.checked_mul(PAGE);
-                let len = pages.checked_mul(PAGE);
-                match (offset, len) {
-                    (Some(offset), Some(len)) if len <= self.size.saturating_sub(offset) => {
-                        self.map_fixed(offset, len, Some(image))
-                    }
+                match (first.checked_mul(PAGE), pages.checked_mul(PAGE)) {
+                    (Some(offset), Some(len)) => self.map_fixed(offset, len, Backing::File(image)),
                     _ => Err(std::io::Error::other(format!(
                         "pages {first}..+{pages} lie outside guest memory"
                     ))),
@@ -182,15 +160,19 @@ impl GuestMemory {
             // (say, under strict overcommit, where that memory cannot be
             // committed) an inaccessible mapping, which commits nothing, and
             // the memory refuses every access from then on.
-            if self.map_fixed(0, self.size, None).is_err() {
-                if self.map_inaccessible().is_err() {
+            if self.map_fixed(0, self.size, Backing::Zeros).is_err() {
+                if self
+                    .mapping
+                    .replace(0, self.size, Backing::Inaccessible)
+                    .is_err()
+                {
                     // Not even an inaccessible mapping: nothing sound can
                     // continue with a hole where guest memory was.
                     std::process::abort();
                 }
                 self.broken = true;
             }
-            return Err(Error::Os {
+            return Err(VmError::Os {
                 operation: "map a snapshot image over guest memory",
                 source,
             });
@@ -199,71 +181,15 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Maps the whole range inaccessible, in place (commits no memory).
-    fn map_inaccessible(&self) -> std::io::Result<()> {
-        // SAFETY: replaces our own mapping in place, as in `map_fixed`.
-        let ptr = unsafe {
-            libc::mmap(
-                self.ptr.as_ptr().cast(),
-                self.size,
-                libc::PROT_NONE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Maps `len` bytes at `offset` of guest memory, in place: from `file`
-    /// at the same offset (private, copy-on-write), or zeroed anonymous
-    /// memory. `offset..offset + len` must lie inside guest memory.
-    fn map_fixed(
-        &self,
-        offset: usize,
-        len: usize,
-        file: Option<BorrowedFd<'_>>,
-    ) -> std::io::Result<()> {
-        let (flags, fd, file_offset) = match file {
-            Some(fd) => (
-                0,
-                fd.as_raw_fd(),
-                libc::off_t::try_from(offset).map_err(std::io::Error::other)?,
-            ),
-            None => (libc::MAP_ANONYMOUS, -1, 0),
-        };
+    /// Maps `len` bytes at `offset` of guest memory in place (see
+    /// [`Mapping::replace`]).
+    fn map_fixed(&self, offset: usize, len: usize, with: Backing<'_>) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_maps.get() > 0 {
             self.fail_maps.set(self.fail_maps.get() - 1);
             return Err(std::io::Error::from_raw_os_error(libc::ENOMEM));
         }
-        // SAFETY: the callers keep `offset..offset + len` inside our own
-        // mapping, which MAP_FIXED replaces in place; nothing but KVM refers
-        // to it (KVM follows the change through its MMU notifier), and the
-        // vCPU is not running (callers hold `&mut` of the memory).
-        let ptr = unsafe {
-            libc::mmap(
-                self.ptr.as_ptr().add(offset).cast(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_NORESERVE | flags,
-                fd,
-                file_offset,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: as above; only compared.
-        if ptr != unsafe { self.ptr.as_ptr().add(offset) }.cast() {
-            return Err(std::io::Error::other(
-                "the kernel moved a MAP_FIXED mapping",
-            ));
-        }
-        Ok(())
+        self.mapping.replace(offset, len, with)
     }
 
     /// Writes the pages `pages` (ascending page indexes) of guest memory
@@ -307,15 +233,16 @@ impl GuestMemory {
             let written = unsafe {
                 libc::pwrite(
                     file.as_raw_fd(),
-                    self.ptr.as_ptr().add(start + done).cast(),
+                    self.mapping.ptr().as_ptr().add(start + done).cast(),
                     len - done,
                     offset,
                 )
             };
-            match written {
-                n if n > 0 => done += n as usize,
-                0 => return Err(std::io::Error::other("pwrite wrote nothing")),
-                _ => {
+            // A negative count is an error; anything else is what was written.
+            match usize::try_from(written) {
+                Ok(0) => return Err(std::io::Error::other("pwrite wrote nothing")),
+                Ok(n) => done += n,
+                Err(_) => {
                     let e = std::io::Error::last_os_error();
                     if e.kind() != std::io::ErrorKind::Interrupted {
                         return Err(e);
@@ -345,7 +272,7 @@ impl GuestMemory {
         // which is fine for plain bytes.
         unsafe {
             std::ptr::copy_nonoverlapping(
-                self.ptr.as_ptr().add(offset),
+                self.mapping.ptr().as_ptr().add(offset),
                 out.as_mut_ptr(),
                 out.len(),
             );
@@ -370,16 +297,6 @@ impl GuestMemory {
         let mut out = vec![0u8; len];
         self.read(addr, &mut out)?;
         Ok(out)
-    }
-}
-
-impl Drop for GuestMemory {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was created in `new` with this length and is
-        // unmapped exactly once; the VM that used it is gone (the Vm struct
-        // drops its KVM file descriptors before its memory).
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size) };
-        debug_assert_eq!(rc, 0, "munmap of guest memory failed");
     }
 }
 

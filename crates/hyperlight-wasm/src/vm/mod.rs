@@ -12,40 +12,53 @@
 
 pub(crate) mod boot;
 pub(crate) mod elf;
+pub(crate) mod error;
+pub(crate) mod exits;
 pub(crate) mod images;
 pub(crate) mod interrupt;
 mod kvm;
 pub(crate) mod layout;
+#[cfg(any(test, feature = "__limits"))]
+#[cfg_attr(
+    not(feature = "__limits"),
+    allow(dead_code, reason = "only its own tests use it without the feature")
+)]
 pub mod limits;
+mod mapping;
 pub(crate) mod memory;
 pub(crate) mod reaper;
 mod run;
 pub(crate) mod snapshot;
 #[cfg(test)]
 pub(crate) mod testing;
+pub(crate) mod tracking;
+mod vcpu_state;
+mod watchdog;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyperlight_wasm_protocol::port::Port;
+use hyperlight_wasm_protocol::boot::Region;
 use kvm_bindings::{
     KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
-    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_userspace_memory_region,
+    KVM_MEM_LOG_DIRTY_PAGES, Msrs, kvm_enable_cap, kvm_msr_entry, kvm_regs, kvm_sregs,
+    kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
-use self::boot::EXCEPTION_VECTORS;
 use self::elf::GuestImage;
+use self::error::{RunError, VmError};
+use self::exits::ExitContext;
+pub(crate) use self::exits::{Exit, GuestExit};
 use self::images::ImageKey;
 use self::interrupt::{InterruptHandle, Interrupts};
 pub use self::kvm::is_hypervisor_present;
 pub(crate) use self::kvm::kvm as kvm_handle;
-use self::layout::{EXCEPTION_STACK, EXCEPTION_STUBS, Layout, PAGE_SIZE, STUB_SIZE, Sizes};
+use self::layout::{Layout, Sizes};
 use self::memory::GuestMemory;
 use self::run::KvmRun;
-use self::snapshot::{PageSet, Snapshot};
-use crate::error::{Error, FaultCause, GuestException, Result};
+use self::tracking::Tracker;
+use self::vcpu_state::VcpuCaps;
 
 /// Where KVM may put the three pages it needs for real-mode emulation on
 /// Intel hosts (above any guest memory we map).
@@ -54,35 +67,6 @@ const KVM_TSS_ADDRESS: usize = 0xfffb_d000;
 /// guest memory is uncached on some (nested) KVMs and code runs ~1000x slower.
 const MSR_MTRR_DEF_TYPE: u32 = 0x2ff;
 const MTRR_ENABLE_WRITE_BACK: u64 = (1 << 11) | 6;
-
-/// The ways the guest hands control back that the protocol allows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum GuestExit {
-    /// [`Port::Done`]: a response is in the output buffer.
-    Done,
-    /// [`Port::OutCall`]: the guest needs the host.
-    OutCall,
-    /// [`Port::Abort`]: the guest stopped for good.
-    Abort,
-}
-
-/// A VM exit, copied out of the vCPU's shared `kvm_run` page.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Exit {
-    Out {
-        port: u16,
-        byte: Option<u8>,
-        len: usize,
-    },
-    In {
-        port: u16,
-    },
-    Shutdown,
-    Mmio {
-        gpa: u64,
-    },
-    Other(String),
-}
 
 /// Limits on guest calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,34 +107,16 @@ pub(crate) struct Vm {
     embedded_guest: bool,
     /// Identifies the VM (snapshots belong to one).
     id: u64,
-    /// Whether snapshots set registers through the `kvm_run` page.
-    sync_regs: bool,
-    /// Whether KVM write-protects pages for the dirty log only when asked
-    /// (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), which lets hot pages stay
-    /// writable (see [`snapshot`]).
-    manual_protect: bool,
+    /// How the vCPU's state is read and written.
+    caps: VcpuCaps,
+    /// Which pages changed since when (see [`tracking`]).
+    tracker: Tracker,
     /// Guest entries (`KVM_RUN`s) that ran guest code, for tests that count
     /// exits.
     entries: u64,
     /// Whether the last exit may have left KVM emulation to finish on the
     /// next entry (see `Vm::drain_pending_emulation`).
     pending_emulation: bool,
-    /// Whether the vCPU's floating-point state is saved and set as a whole
-    /// XSAVE area (else x87 and XMM only, through KVM_GET/SET_FPU).
-    use_xsave: bool,
-    /// Pages left writable and reported dirty on every read of the log: a
-    /// reset copies them back every time instead of the guest faulting on
-    /// them every call. At most [`snapshot::MAX_HOT_PAGES`].
-    hot: PageSet,
-    /// The image guest memory is mapped from (`None`: anonymous memory that
-    /// started all zeros).
-    backing: Option<Arc<Snapshot>>,
-    /// Every page written since memory was mapped.
-    touched: PageSet,
-    /// Pages written since memory last matched `base`.
-    since_base: PageSet,
-    /// The snapshot memory matched when it was last taken or restored.
-    base: Option<Arc<Snapshot>>,
     /// Makes the next snapshots fail reading the vCPU (tests of the error
     /// paths).
     #[cfg(test)]
@@ -162,15 +128,14 @@ impl Vm {
     /// its reset state: ready for [`Vm::boot`] or [`Vm::adopt`]. Writes no
     /// guest memory, so it costs no more than KVM's own VM, vCPU and memory
     /// slot.
-    pub(crate) fn new(sizes: &Sizes, limits: CallLimits) -> Result<Vm> {
+    pub(crate) fn new(sizes: &Sizes, limits: CallLimits) -> Result<Vm, VmError> {
         let handle = kvm::kvm()?;
         let layout = Layout::new(sizes)?;
         let memory = GuestMemory::new(layout.memory_size())?;
 
-        let kvm_err = |operation| move |source| Error::Kvm { operation, source };
         let vm = create_vm(&handle.kvm)?;
         vm.set_tss_address(KVM_TSS_ADDRESS)
-            .map_err(kvm_err("KVM_SET_TSS_ADDR"))?;
+            .map_err(VmError::kvm("KVM_SET_TSS_ADDR"))?;
         // Before the memory slot exists. Without it, every read of the
         // dirty log write-protects every page it reports.
         let manual_protect = handle.manual_dirty_log_protect
@@ -194,27 +159,24 @@ impl Vm {
         // at that address (GuestMemory only ever replaces it in place) and
         // is not registered twice.
         unsafe { vm.set_user_memory_region(region) }
-            .map_err(kvm_err("KVM_SET_USER_MEMORY_REGION"))?;
+            .map_err(VmError::kvm("KVM_SET_USER_MEMORY_REGION"))?;
 
         // KVM_GET/SET_XSAVE copy the VM's XSAVE size (KVM_CAP_XSAVE2, 0 on
         // kernels before it); the `kvm_xsave` we pass holds 4096 bytes.
         let xsave_size = vm.check_extension_int(Cap::Xsave2);
         let use_xsave = vm.check_extension(Cap::Xsave) && (0..=4096).contains(&xsave_size);
-        let mut vcpu = vm.create_vcpu(0).map_err(kvm_err("KVM_CREATE_VCPU"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(VmError::kvm("KVM_CREATE_VCPU"))?;
         vcpu.set_cpuid2(&handle.cpuid)
-            .map_err(kvm_err("KVM_SET_CPUID2"))?;
+            .map_err(VmError::kvm("KVM_SET_CPUID2"))?;
         let msrs = Msrs::from_entries(&[kvm_msr_entry {
             index: MSR_MTRR_DEF_TYPE,
             data: MTRR_ENABLE_WRITE_BACK,
             ..Default::default()
         }])
-        .map_err(|e| Error::HypervisorUnavailable {
-            reason: format!("cannot build the MSR list for the vCPU: {e:?}"),
-            source: None,
-        })?;
-        let written = vcpu.set_msrs(&msrs).map_err(kvm_err("KVM_SET_MSRS"))?;
+        .map_err(|e| VmError::Internal(format!("cannot build the MSR list for the vCPU: {e:?}")))?;
+        let written = vcpu.set_msrs(&msrs).map_err(VmError::kvm("KVM_SET_MSRS"))?;
         if written != 1 {
-            return Err(Error::HypervisorUnavailable {
+            return Err(VmError::Unavailable {
                 reason: String::from("KVM refused to set the MTRR default type"),
                 source: None,
             });
@@ -223,7 +185,7 @@ impl Vm {
         let mmap_size = handle
             .kvm
             .get_vcpu_mmap_size()
-            .map_err(kvm_err("KVM_GET_VCPU_MMAP_SIZE"))?;
+            .map_err(VmError::kvm("KVM_GET_VCPU_MMAP_SIZE"))?;
         let run = KvmRun::new(&mut vcpu, mmap_size);
         let interrupts =
             Interrupts::new(run.immediate_exit(), limits.time_limit, limits.cancel_wait)?;
@@ -238,16 +200,13 @@ impl Vm {
             layout,
             embedded_guest: true,
             id: NEXT_VM.fetch_add(1, Ordering::Relaxed),
-            sync_regs: handle.sync_regs,
-            manual_protect,
+            caps: VcpuCaps {
+                sync_regs: handle.sync_regs,
+                use_xsave,
+            },
+            tracker: Tracker::new(pages, manual_protect),
             entries: 0,
             pending_emulation: false,
-            use_xsave,
-            hot: PageSet::new(pages),
-            backing: None,
-            touched: PageSet::new(pages),
-            since_base: PageSet::new(pages),
-            base: None,
             #[cfg(test)]
             fail_register_reads: false,
         })
@@ -260,7 +219,7 @@ impl Vm {
         sizes: &Sizes,
         limits: CallLimits,
         image: &GuestImage<'_>,
-    ) -> Result<Vm> {
+    ) -> Result<Vm, VmError> {
         let mut vm = Vm::new(sizes, limits)?;
         vm.embedded_guest = false;
         vm.boot(image)?;
@@ -270,31 +229,31 @@ impl Vm {
     /// Writes everything `image` needs into guest memory (page tables, GDT,
     /// TSS, IDT, the image itself) and points the vCPU at its entry point,
     /// in 64-bit mode at CPL3.
-    pub(crate) fn boot(&mut self, image: &GuestImage<'_>) -> Result<()> {
+    pub(crate) fn boot(&mut self, image: &GuestImage<'_>) -> Result<(), VmError> {
         let pml4 =
             boot::write_guest_memory(&mut self.memory, &self.layout, image).map_err(|e| {
-                Error::InvalidConfiguration {
+                VmError::Layout {
                     setting: "guest memory",
                     value: self.layout.memory_size(),
                     reason: format!("cannot be laid out: {e}"),
                 }
             })?;
-        let kvm_err = |operation| move |source| Error::Kvm { operation, source };
-        let sregs = self.vcpu.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
+        let sregs = self
+            .vcpu
+            .get_sregs()
+            .map_err(VmError::kvm("KVM_GET_SREGS"))?;
         self.vcpu
             .set_sregs(&boot::initial_sregs(sregs, pml4))
-            .map_err(kvm_err("KVM_SET_SREGS"))?;
+            .map_err(VmError::kvm("KVM_SET_SREGS"))?;
         self.vcpu
             .set_regs(&boot::initial_regs(image.entry, self.layout.stack))
-            .map_err(kvm_err("KVM_SET_REGS"))?;
+            .map_err(VmError::kvm("KVM_SET_REGS"))?;
         Ok(())
     }
 
     /// [`Vm::boot`] with the embedded guest.
-    pub(crate) fn boot_embedded(&mut self) -> Result<()> {
-        let image = elf::embedded_guest().map_err(|e| Error::InvalidGuestImage {
-            message: e.to_string(),
-        })?;
+    pub(crate) fn boot_embedded(&mut self) -> Result<(), VmError> {
+        let image = elf::embedded_guest().map_err(|e| VmError::GuestImage(e.to_string()))?;
         self.boot(image)
     }
 
@@ -326,20 +285,24 @@ impl Vm {
     /// Entering with `immediate_exit` set does exactly that and returns.
     /// Registers set through the `kvm_run` page are applied by that entry
     /// too.
-    pub(crate) fn complete_pending_exit(&mut self) -> Result<()> {
+    pub(crate) fn complete_pending_exit(&mut self) -> Result<(), VmError> {
         self.run.set_immediate_exit(true);
         let result = self.run.enter(&self.vcpu);
         self.run.set_immediate_exit(false);
         match result {
-            Err(libc::EINTR | libc::EAGAIN) => self.apply_pending_registers(),
-            Err(errno) => Err(Error::Kvm {
+            Err(libc::EINTR | libc::EAGAIN) => {
+                vcpu_state::apply_pending_registers(&self.vcpu, &self.run)
+            }
+            Err(errno) => Err(VmError::Kvm {
                 operation: "KVM_RUN (completing the last exit)",
-                source: kvm_ioctls::Error::new(errno),
+                source: std::io::Error::from_raw_os_error(errno),
             }),
-            Ok(()) => Err(Error::UnexpectedExit {
-                exit: format!("{:?} while completing the last exit", self.run.exit()),
-                rip: self.rip()?,
-            }),
+            // A host-side invariant: with `immediate_exit` set, KVM returns
+            // before it runs guest code.
+            Ok(()) => Err(VmError::Internal(format!(
+                "KVM ran the guest to a {:?} exit while completing the last exit",
+                self.run.exit()
+            ))),
         }
     }
 
@@ -369,7 +332,7 @@ impl Vm {
     ///
     /// When the time limit cannot be armed (the watchdog thread cannot
     /// start) or KVM refuses the signal mask; the request must not run.
-    pub(crate) fn begin_call(&mut self) -> Result<()> {
+    pub(crate) fn begin_call(&mut self) -> Result<(), VmError> {
         self.interrupts.begin(&self.vcpu)
     }
 
@@ -379,9 +342,9 @@ impl Vm {
     }
 
     /// Runs the vCPU until the guest exits through one of the protocol's
-    /// ports. Every other exit becomes an error, and a cancelled call
-    /// [`Error::ExecutionCancelledByHost`].
-    pub(crate) fn run(&mut self) -> Result<GuestExit> {
+    /// ports. Every other exit is a [`RunError::Fault`], and a cancelled
+    /// call [`RunError::Cancelled`].
+    pub(crate) fn run(&mut self) -> Result<GuestExit, RunError> {
         let exit = loop {
             self.interrupts.check()?;
             self.interrupts.set_in_guest(true);
@@ -397,195 +360,65 @@ impl Vm {
                     continue;
                 }
                 Err(errno) => {
-                    return Err(Error::Kvm {
+                    return Err(VmError::Kvm {
                         operation: "KVM_RUN",
-                        source: kvm_ioctls::Error::new(errno),
-                    });
+                        source: std::io::Error::from_raw_os_error(errno),
+                    }
+                    .into());
                 }
             }
         };
-        // Only a one-byte `out` leaves nothing for KVM to finish but moving
-        // RIP past it (which KVM skips when RIP was set since).
-        self.pending_emulation = !matches!(exit, Exit::Out { len: 1, .. });
-        self.classify(exit)
+        self.pending_emulation = exit.may_leave_emulation_pending();
+        exits::classify(exit, self)
     }
 
     /// One `KVM_RUN` as it is, for the benchmarks' raw guests: the exit,
     /// or `None` when a signal interrupted it.
-    pub(crate) fn enter_raw(&mut self) -> Result<Option<Exit>> {
+    #[cfg(any(test, feature = "__limits"))]
+    pub(crate) fn enter_raw(&mut self) -> Result<Option<Exit>, VmError> {
         match self.run.enter(&self.vcpu) {
             Ok(()) => Ok(Some(self.run.exit())),
             Err(libc::EINTR | libc::EAGAIN) => Ok(None),
-            Err(errno) => Err(Error::Kvm {
+            Err(errno) => Err(VmError::Kvm {
                 operation: "KVM_RUN",
-                source: kvm_ioctls::Error::new(errno),
+                source: std::io::Error::from_raw_os_error(errno),
             }),
         }
     }
+}
 
-    fn classify(&self, exit: Exit) -> Result<GuestExit> {
-        match exit {
-            Exit::Out { port, len, .. } if len != 1 => Err(Error::UnexpectedExit {
-                exit: format!(
-                    "{len}-byte or string out to I/O port {port:#x} (the protocol uses one-byte out)"
-                ),
-                rip: self.rip()?,
-            }),
-            Exit::Out { port, byte, .. } => match Port::try_from(port) {
-                Ok(Port::Done) => Ok(GuestExit::Done),
-                Ok(Port::OutCall) => Ok(GuestExit::OutCall),
-                Ok(Port::Abort) => Ok(GuestExit::Abort),
-                Ok(Port::Exception) => Err(self.exception(byte)?),
-                Err(unknown) => Err(Error::UnexpectedExit {
-                    exit: unknown.to_string(),
-                    rip: self.rip()?,
-                }),
-            },
-            Exit::In { port } => Err(Error::UnexpectedExit {
-                exit: format!("in from I/O port {port:#x}"),
-                rip: self.rip()?,
-            }),
-            Exit::Shutdown => Err(Error::TripleFault { rip: self.rip()? }),
-            Exit::Mmio { gpa } => Err(Error::GuestMemoryViolation {
-                gpa,
-                rip: self.rip()?,
-            }),
-            Exit::Other(exit) => Err(Error::UnexpectedExit {
-                exit,
-                rip: self.rip()?,
-            }),
-        }
+impl ExitContext for Vm {
+    fn regs(&self) -> Result<kvm_regs, VmError> {
+        self.vcpu.get_regs().map_err(VmError::kvm("KVM_GET_REGS"))
     }
 
-    fn rip(&self) -> Result<u64> {
-        self.vcpu
-            .get_regs()
-            .map(|regs| regs.rip)
-            .map_err(|source| Error::Kvm {
-                operation: "KVM_GET_REGS",
-                source,
-            })
+    fn sregs(&self) -> Result<kvm_sregs, VmError> {
+        self.vcpu.get_sregs().map_err(VmError::kvm("KVM_GET_SREGS"))
     }
 
-    /// Decodes an exception report from a CPL0 stub: the vector, and the
-    /// CPU's exception frame on the exception stack.
-    fn exception(&self, byte: Option<u8>) -> Result<Error> {
-        let regs = self.vcpu.get_regs().map_err(|source| Error::Kvm {
-            operation: "KVM_GET_REGS",
-            source,
-        })?;
-        let sregs = self.vcpu.get_sregs().map_err(|source| Error::Kvm {
-            operation: "KVM_GET_SREGS",
-            source,
-        })?;
-        // Only the stubs can write this port (CPL3 may not): check that this
-        // exit came from the stub of the vector it names, right after its
-        // `out` instruction.
-        let vector = byte.filter(|v| *v < EXCEPTION_VECTORS);
-        // The stub is `mov al, v` (2 bytes), `out imm8, al` (2 bytes). KVM
-        // reports RIP on the `out` (mainline KVM advances it on the next
-        // KVM_RUN) or past it (some KVMs advance it before the exit).
-        let from_stub = vector.is_some_and(|v| {
-            let out = EXCEPTION_STUBS + u64::from(v) * STUB_SIZE + 2;
-            (regs.rip == out || regs.rip == out + 2) && sregs.cs.selector == 0x08
-        });
-        let (Some(vector), true) = (vector, from_stub) else {
-            return Ok(Error::UnexpectedExit {
-                exit: format!("exception report {byte:?} from outside the exception stubs"),
-                rip: regs.rip,
-            });
-        };
-
-        // The frame: [error code], RIP, CS, RFLAGS, RSP, SS.
-        let has_error_code = matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30);
-        let words = if has_error_code { 6 } else { 5 };
-        if !EXCEPTION_STACK.contains_range(regs.rsp, words * 8) {
-            return Ok(Error::UnexpectedExit {
-                exit: format!("exception {vector} with a corrupt exception stack"),
-                rip: regs.rip,
-            });
-        }
-        let Ok(frame) = self.memory.read_vec(regs.rsp, words as usize * 8) else {
-            return Ok(Error::UnexpectedExit {
-                exit: format!("exception {vector} with an unreadable exception stack"),
-                rip: regs.rip,
-            });
-        };
-        let word = |i: usize| {
-            let mut bytes = [0u8; 8];
-            bytes.copy_from_slice(&frame[i * 8..i * 8 + 8]);
-            u64::from_le_bytes(bytes)
-        };
-        let (error_code, rip) = if has_error_code {
-            (Some(word(0)), word(1))
-        } else {
-            (None, word(0))
-        };
-        let fault_address = (vector == 14).then_some(sregs.cr2);
-        let cause = self.fault_cause(vector, error_code, fault_address, rip);
-        Ok(Error::GuestException(GuestException {
-            vector,
-            error_code,
-            rip,
-            fault_address,
-            cause,
-            function: self
-                .embedded_guest
-                .then(|| elf::guest_symbol(rip))
-                .flatten(),
-        }))
+    fn read(&self, addr: u64, out: &mut [u8]) -> bool {
+        self.memory.read(addr, out).is_ok()
     }
 
-    fn fault_cause(
-        &self,
-        vector: u8,
-        error_code: Option<u64>,
-        addr: Option<u64>,
-        rip: u64,
-    ) -> FaultCause {
-        match (vector, addr) {
-            (14, Some(addr)) if addr < PAGE_SIZE => FaultCause::NullPointer,
-            (14, Some(addr)) if self.layout.stack_guard.contains_range(addr, 1) => {
-                FaultCause::StackOverflow
-            }
-            // Error code bit 0: the page was present, so its protection
-            // forbade the access.
-            (14, _) if error_code.is_some_and(|e| e & 1 != 0) => FaultCause::ProtectionViolation,
-            (14, _) => FaultCause::UnmappedAddress,
-            (13, _) if self.is_privileged_instruction(rip) => FaultCause::PrivilegedInstruction,
-            _ => FaultCause::Other,
-        }
+    fn stack_guard(&self) -> Region {
+        self.layout.stack_guard
     }
 
-    /// Whether the instruction at `rip` is one CPL3 may not execute.
-    fn is_privileged_instruction(&self, rip: u64) -> bool {
-        let mut op = [0u8; 2];
-        if self.memory.read(rip, &mut op).is_err() {
-            return false;
-        }
-        matches!(
-            op,
-            [0xf4, _] // hlt
-                | [0xe4..=0xe7 | 0xec..=0xef, _] // in, out
-                | [0xfa | 0xfb, _] // cli, sti
-                | [0x0f, 0x01 | 0x06 | 0x08 | 0x09 | 0x20..=0x23 | 0x30 | 0x32] // lgdt.., clts, invd, wbinvd, mov cr/dr, wrmsr, rdmsr
-        )
+    fn symbol(&self, rip: u64) -> Option<String> {
+        self.embedded_guest
+            .then(|| elf::guest_symbol(rip))
+            .flatten()
     }
 }
 
 /// `KVM_CREATE_VM`, retried when a signal interrupts it (the kernel can
 /// return EINTR while it waits for other VMs to be torn down).
-fn create_vm(kvm: &kvm_ioctls::Kvm) -> Result<VmFd> {
+fn create_vm(kvm: &kvm_ioctls::Kvm) -> Result<VmFd, VmError> {
     loop {
         match kvm.create_vm() {
             Ok(vm) => return Ok(vm),
             Err(e) if e.errno() == libc::EINTR => continue,
-            Err(source) => {
-                return Err(Error::Kvm {
-                    operation: "KVM_CREATE_VM",
-                    source,
-                });
-            }
+            Err(e) => return Err(VmError::kvm("KVM_CREATE_VM")(e)),
         }
     }
 }
@@ -594,14 +427,18 @@ fn create_vm(kvm: &kvm_ioctls::Kvm) -> Result<VmFd> {
 mod tests {
     use hyperlight_wasm_protocol::boot::IMAGE_BASE;
 
+    use hyperlight_wasm_protocol::port::Port;
+
+    use super::error::GuestFault;
     use super::testing::{RawGuest, layout};
     use super::*;
+    use crate::error::{FaultCause, GuestException};
     use crate::vm::layout::{BOOT_INFO, GDT};
 
     /// Runs a raw guest and returns the exception it raised.
     fn exception(guest: RawGuest) -> GuestException {
         match guest.vm().run() {
-            Err(Error::GuestException(e)) => e,
+            Err(RunError::Fault(GuestFault::Exception(e))) => e,
             other => panic!("expected a guest exception, got {other:?}"),
         }
     }
@@ -653,7 +490,7 @@ mod tests {
         // The I/O bitmap cannot tell `in` from `out`: KVM sees the `in`.
         let mut vm = RawGuest::new().code(&[0xe4, Port::Done as u8]).vm();
         match vm.run() {
-            Err(Error::UnexpectedExit { exit, rip }) => {
+            Err(RunError::Fault(GuestFault::UnexpectedExit { exit, rip })) => {
                 assert_eq!(rip, IMAGE_BASE);
                 assert!(exit.contains("in from I/O port 0x10"), "{exit}");
             }
@@ -724,45 +561,9 @@ mod tests {
         let mut sregs = vm.vcpu.get_sregs().unwrap();
         sregs.idt.limit = 0;
         vm.vcpu.set_sregs(&sregs).unwrap();
-        assert!(matches!(vm.run(), Err(Error::TripleFault { rip }) if rip == IMAGE_BASE));
-    }
-
-    #[test]
-    fn exits_the_protocol_does_not_allow_are_errors() {
-        let vm = RawGuest::new().vm();
         assert!(matches!(
-            vm.classify(Exit::Mmio { gpa: 1 << 40 }),
-            Err(Error::GuestMemoryViolation { gpa, .. }) if gpa == 1 << 40
-        ));
-        assert!(matches!(
-            vm.classify(Exit::Out {
-                port: 0x80,
-                byte: Some(0),
-                len: 1,
-            }),
-            Err(Error::UnexpectedExit { .. })
-        ));
-        assert!(matches!(
-            vm.classify(Exit::Other(String::from("Hlt"))),
-            Err(Error::UnexpectedExit { .. })
-        ));
-        // An exception report that did not come from a stub.
-        assert!(matches!(
-            vm.classify(Exit::Out {
-                port: Port::Exception as u16,
-                byte: Some(14),
-                len: 1,
-            }),
-            Err(Error::UnexpectedExit { .. })
-        ));
-        // More than one byte to a protocol port.
-        assert!(matches!(
-            vm.classify(Exit::Out {
-                port: Port::Done as u16,
-                byte: Some(0),
-                len: 4,
-            }),
-            Err(Error::UnexpectedExit { exit, .. }) if exit.contains("4-byte or string out")
+            vm.run(),
+            Err(RunError::Fault(GuestFault::TripleFault { rip })) if rip == IMAGE_BASE
         ));
     }
 }

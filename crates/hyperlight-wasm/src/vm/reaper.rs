@@ -38,16 +38,20 @@ fn reaper() -> &'static Reaper {
                     }
                 }
             });
-        Reaper {
-            // Without the thread, every drop happens inline.
-            queue: spawned.ok().map(|_| queue),
-            pending: Mutex::new(0),
-            drained: Condvar::new(),
-        }
+        // Without the thread, every drop happens inline.
+        Reaper::with_queue(spawned.ok().map(|_| queue))
     })
 }
 
 impl Reaper {
+    fn with_queue(queue: Option<SyncSender<Box<dyn Send>>>) -> Reaper {
+        Reaper {
+            queue,
+            pending: Mutex::new(0),
+            drained: Condvar::new(),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
         self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -120,5 +124,58 @@ impl<T: Send + 'static> Drop for Reaped<T> {
         // used again.
         let value = unsafe { ManuallyDrop::take(&mut self.0) };
         reaper().dispose(Box::new(value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts its drops.
+    struct Doomed(Arc<AtomicUsize>);
+
+    impl Drop for Doomed {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn without_a_thread_values_are_dropped_inline() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let reaper = Reaper::with_queue(None);
+        reaper.dispose(Box::new(Doomed(Arc::clone(&drops))));
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(*reaper.lock(), 0);
+    }
+
+    #[test]
+    fn a_full_or_closed_queue_drops_inline() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        // A queue of one that nobody works off.
+        let (queue, work) = mpsc::sync_channel::<Box<dyn Send>>(1);
+        let reaper = Reaper::with_queue(Some(queue));
+        reaper.dispose(Box::new(Doomed(Arc::clone(&drops))));
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "queued");
+        assert_eq!(*reaper.lock(), 1);
+        reaper.dispose(Box::new(Doomed(Arc::clone(&drops))));
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "the queue was full");
+        assert_eq!(*reaper.lock(), 1);
+        drop(work);
+        drop(reaper);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            2,
+            "the queued one, with the queue"
+        );
+        let (queue, work) = mpsc::sync_channel::<Box<dyn Send>>(4);
+        drop(work);
+        let reaper = Reaper::with_queue(Some(queue));
+        reaper.dispose(Box::new(Doomed(Arc::clone(&drops))));
+        assert_eq!(drops.load(Ordering::SeqCst), 3, "nobody listens");
+        assert_eq!(*reaper.lock(), 0);
     }
 }

@@ -14,36 +14,23 @@
 //!   time it touches one). Used to start from a shared image and to unload a
 //!   module.
 //! - [`Vm::restore`] copies back only the pages that can differ from the
-//!   snapshot and keeps them mapped. KVM's dirty log (enabled on the memory
-//!   slot) records every page the guest wrote, the memory wrapper every page
-//!   the host wrote. The VM tracks the snapshot its memory last matched (its
-//!   *base*) and which pages changed since, so the cost of a per-call reset
-//!   grows with the pages the call wrote, not with the size of guest memory.
+//!   snapshot (the [`super::tracking::Tracker`] knows which) and keeps them mapped, so the
+//!   cost of a per-call reset grows with the pages the call wrote, not with
+//!   the size of guest memory.
 //!
-//! Dirty logging works by write-protecting pages: after each read of the
-//! log, the guest's next write to a page costs a fault (~3 µs on our KVM),
-//! and most calls write the same few pages (stack, buffers, the runtime's
-//! own state). Where KVM lets us choose which pages to protect again
-//! (`KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2`), the pages a per-call reset finds
-//! dirty stay writable, up to [`MAX_HOT_PAGES`]: their dirty bits are never
-//! cleared, so every read of the log reports them and every reset copies
-//! them back (~0.3 µs a page). The guest cannot keep anything in them.
+//! The vCPU's part is a [`VcpuState`].
 
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use kvm_bindings::{
-    kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_fpu, kvm_regs, kvm_sregs,
-    kvm_vcpu_events, kvm_xsave,
-};
-use kvm_ioctls::SyncReg;
-
 use super::Vm;
+use super::error::VmError;
 use super::layout::Sizes;
+use super::mapping::Mapping;
 use super::memory::PAGE;
-use crate::error::{Error, Result};
+use super::tracking::{Hot, PageSet};
+use super::vcpu_state::VcpuState;
 
 /// The state of a VM at one moment.
 #[derive(Debug)]
@@ -58,32 +45,20 @@ pub(crate) struct Snapshot {
     /// A read-only shared mapping of `file`, for copying pages back. Only
     /// the pages in `pages` are ever read through it (reading a hole would
     /// allocate a page in the image).
-    view: View,
-    /// Bytes of guest memory (and of `file`).
-    size: usize,
+    view: Mapping,
     /// The region sizes of the VM it was taken of: only a VM laid out the
     /// same way can use it.
     sizes: Sizes,
     /// The pages `file` holds; every other page is zero.
-    pages: PageSet,
+    pub(crate) pages: PageSet,
     /// Where a VM maps `file` (first page, pages): the runs of `pages`,
     /// with short gaps merged. Elsewhere it maps zeroed anonymous memory, so
     /// that a guest touching a page the image does not hold never makes the
     /// (shared) image allocate it.
     runs: Vec<(usize, usize)>,
-    regs: kvm_regs,
-    sregs: kvm_sregs,
-    fpu: FpuState,
-    events: kvm_vcpu_events,
+    /// The vCPU.
+    vcpu: VcpuState,
 }
-
-// SAFETY: `view` maps a memfd sealed against writes (F_SEAL_WRITE), read-only:
-// nothing can change the bytes behind it, so sharing references to them
-// between threads is like sharing a `&[u8]`. The mapping lives as long as the
-// snapshot.
-unsafe impl Send for Snapshot {}
-// SAFETY: as for `Send`; the snapshot has no interior mutability.
-unsafe impl Sync for Snapshot {}
 
 impl Snapshot {
     /// Bytes of guest memory the snapshot holds.
@@ -103,105 +78,14 @@ impl Snapshot {
 
     /// The bytes of page `page`, or `None` if the snapshot has it as zeros.
     fn page(&self, page: usize) -> Option<&[u8]> {
-        if !self.pages.contains(page) || (page + 1) * PAGE > self.size {
+        if !self.pages.contains(page) || (page + 1) * PAGE > self.view.len() {
             return None;
         }
         // SAFETY: the page lies inside the mapping (checked above), which is
-        // readable, immutable (sealed) and lives as long as `self`.
-        Some(unsafe { std::slice::from_raw_parts(self.view.ptr.as_ptr().add(page * PAGE), PAGE) })
+        // readable, immutable (sealed: F_SEAL_WRITE) and lives as long as
+        // `self`.
+        Some(unsafe { std::slice::from_raw_parts(self.view.ptr().as_ptr().add(page * PAGE), PAGE) })
     }
-}
-
-/// A read-only mapping of a snapshot's image, unmapped when dropped (so
-/// that no error path between mapping it and building the snapshot can
-/// leak it).
-#[derive(Debug)]
-struct View {
-    ptr: NonNull<u8>,
-    size: usize,
-}
-
-impl Drop for View {
-    fn drop(&mut self) {
-        // SAFETY: the mapping was made in `seal_and_view` with this size and
-        // is unmapped once, here; no slice of it outlives its snapshot,
-        // which owns the view.
-        let rc = unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.size) };
-        debug_assert_eq!(rc, 0, "munmap of a snapshot view failed");
-    }
-}
-
-/// The vCPU's floating-point and vector state.
-#[derive(Debug)]
-enum FpuState {
-    /// The whole XSAVE area: x87, SSE (XMM and MXCSR), AVX (the upper
-    /// halves of YMM) and whatever else the CPU keeps there.
-    Xsave(Box<kvm_xsave>),
-    /// Where KVM has no XSAVE: x87 and XMM only (KVM_SET_FPU ignores MXCSR).
-    Fpu(Box<kvm_fpu>),
-}
-
-/// A bitmap with one bit per guest page.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct PageSet {
-    words: Vec<u64>,
-}
-
-impl PageSet {
-    pub(crate) fn new(pages: usize) -> PageSet {
-        PageSet {
-            words: vec![0; pages.div_ceil(64)],
-        }
-    }
-
-    pub(crate) fn union_words(&mut self, words: &[u64]) {
-        for (mine, theirs) in self.words.iter_mut().zip(words) {
-            *mine |= *theirs;
-        }
-    }
-
-    pub(crate) fn insert(&mut self, page: usize) {
-        if let Some(word) = self.words.get_mut(page / 64) {
-            *word |= 1 << (page % 64);
-        }
-    }
-
-    pub(crate) fn union(&mut self, other: &PageSet) {
-        self.union_words(&other.words);
-    }
-
-    pub(crate) fn contains(&self, page: usize) -> bool {
-        self.words
-            .get(page / 64)
-            .is_some_and(|word| word & (1 << (page % 64)) != 0)
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.words.iter().map(|w| w.count_ones() as usize).sum()
-    }
-
-    pub(crate) fn iter(&self) -> impl Iterator<Item = usize> + '_ {
-        pages_in(&self.words)
-    }
-
-    pub(crate) fn clear(&mut self) {
-        self.words.iter_mut().for_each(|w| *w = 0);
-    }
-}
-
-/// The pages set in a bitmap of one bit per page (64 pages per word).
-fn pages_in(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
-    words.iter().enumerate().flat_map(|(i, word)| {
-        let mut bits = *word;
-        std::iter::from_fn(move || {
-            if bits == 0 {
-                return None;
-            }
-            let bit = bits.trailing_zeros() as usize;
-            bits &= bits - 1;
-            Some(i * 64 + bit)
-        })
-    })
 }
 
 static NEXT_SNAPSHOT: AtomicU64 = AtomicU64::new(1);
@@ -229,27 +113,6 @@ fn runs(pages: &PageSet) -> Vec<(usize, usize)> {
     runs
 }
 
-/// Pages a VM leaves writable (and copies back at every reset), at most.
-pub(crate) const MAX_HOT_PAGES: usize = 32;
-
-/// `KVM_CLEAR_DIRTY_LOG`: `_IOWR(KVMIO, 0xc0, struct kvm_clear_dirty_log)`.
-const KVM_CLEAR_DIRTY_LOG: libc::c_ulong = (3 << 30)
-    | ((std::mem::size_of::<kvm_clear_dirty_log>() as libc::c_ulong) << 16)
-    | (0xae << 8)
-    | 0xc0;
-
-/// What a read of the dirty log does with the hot pages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Hot {
-    /// Pages found dirty may become hot (a per-call reset).
-    Grow,
-    /// The hot pages stay as they are.
-    Keep,
-    /// No page stays hot: every page is protected again (memory is being
-    /// replaced).
-    Drop,
-}
-
 /// Whom a new snapshot is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Sharing {
@@ -260,16 +123,8 @@ pub(crate) enum Sharing {
     Shared,
 }
 
-/// Wraps the last OS error.
-fn os_error(operation: &'static str) -> Error {
-    Error::Os {
-        operation,
-        source: std::io::Error::last_os_error(),
-    }
-}
-
 /// Creates an empty memfd of `size` bytes that can be sealed.
-fn create_image_file(size: usize) -> Result<OwnedFd> {
+fn create_image_file(size: usize) -> Result<OwnedFd, VmError> {
     // SAFETY: the name is a NUL-terminated string; the result is checked.
     let fd = unsafe {
         libc::memfd_create(
@@ -278,173 +133,55 @@ fn create_image_file(size: usize) -> Result<OwnedFd> {
         )
     };
     if fd < 0 {
-        return Err(os_error("create a snapshot image (memfd_create)"));
+        return Err(VmError::last_os("create a snapshot image (memfd_create)"));
     }
     // SAFETY: `fd` is a new descriptor that nothing else owns.
     let file = unsafe { OwnedFd::from_raw_fd(fd) };
-    let len = libc::off_t::try_from(size).map_err(|_| Error::Os {
+    let len = libc::off_t::try_from(size).map_err(|_| VmError::Os {
         operation: "size a snapshot image",
         source: std::io::Error::other("guest memory is larger than a file can be"),
     })?;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::ftruncate(file.as_raw_fd(), len) } != 0 {
-        return Err(os_error("size a snapshot image (ftruncate)"));
+        return Err(VmError::last_os("size a snapshot image (ftruncate)"));
     }
     Ok(file)
 }
 
 /// Seals `file` against every change and maps it read-only.
-fn seal_and_view(file: &OwnedFd, size: usize) -> Result<View> {
+fn seal_and_view(file: &OwnedFd, size: usize) -> Result<Mapping, VmError> {
     let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
     // SAFETY: plain syscall on a descriptor we own.
     if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
-        return Err(os_error("seal a snapshot image (F_ADD_SEALS)"));
+        return Err(VmError::last_os("seal a snapshot image (F_ADD_SEALS)"));
     }
-    // SAFETY: a new read-only shared mapping of our own file at an address
-    // the kernel picks; it aliases nothing we write, and the result is
-    // checked.
-    let view = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if view == libc::MAP_FAILED {
-        return Err(os_error("map a snapshot image"));
-    }
-    let ptr = NonNull::new(view.cast::<u8>()).ok_or_else(|| Error::Os {
-        operation: "map a snapshot image",
-        source: std::io::Error::other("mmap returned a null mapping"),
-    })?;
-    Ok(View { ptr, size })
+    Mapping::read_only(file.as_fd(), size)
 }
 
 impl Vm {
-    /// Collects the pages written since the last collection (by the guest,
-    /// from KVM's dirty log, and by the host) into `since_base` and
-    /// `touched`.
-    fn collect_dirty(&mut self, hot: Hot) -> Result<()> {
-        let guest = self.take_guest_dirty_log(hot)?;
-        let host = self.memory.take_host_dirty();
-        for words in [&guest, &host] {
-            self.since_base.union_words(words);
-            self.touched.union_words(words);
-        }
-        Ok(())
-    }
-
-    /// Reads KVM's dirty log (a bitmap of the pages the guest wrote) and
-    /// write-protects those pages again, except the hot ones.
-    fn take_guest_dirty_log(&mut self, hot: Hot) -> Result<Vec<u64>> {
-        let dirty = self
-            .vm
-            .get_dirty_log(0, self.memory.size() as usize)
-            .map_err(|source| Error::Kvm {
-                operation: "KVM_GET_DIRTY_LOG",
-                source,
-            })?;
-        if !self.manual_protect {
-            // KVM protected every page it reported already.
-            return Ok(dirty);
-        }
-        match hot {
-            Hot::Drop => self.hot.clear(),
-            Hot::Keep => {}
-            Hot::Grow => {
-                let room = MAX_HOT_PAGES.saturating_sub(self.hot.len());
-                let new: Vec<usize> = pages_in(&dirty)
-                    .filter(|page| !self.hot.contains(*page))
-                    .take(room)
-                    .collect();
-                for page in new {
-                    self.hot.insert(page);
-                }
-            }
-        }
-        let mut clear = dirty.clone();
-        for (word, hot) in clear.iter_mut().zip(&self.hot.words) {
-            *word &= !hot;
-        }
-        if clear.iter().any(|w| *w != 0) {
-            self.clear_dirty_log(&mut clear)?;
-        }
-        Ok(dirty)
-    }
-
-    /// Clears the dirty bits of (and write-protects again) the pages set in
-    /// `bitmap`.
-    fn clear_dirty_log(&mut self, bitmap: &mut [u64]) -> Result<()> {
-        let pages = u32::try_from(self.memory.pages()).map_err(|_| Error::Os {
-            operation: "KVM_CLEAR_DIRTY_LOG",
-            source: std::io::Error::other("guest memory has too many pages"),
-        })?;
-        if bitmap.len() * 64 < pages as usize {
-            return Err(Error::Os {
-                operation: "KVM_CLEAR_DIRTY_LOG",
-                source: std::io::Error::other("dirty bitmap shorter than the memory slot"),
-            });
-        }
-        let mut request = kvm_clear_dirty_log {
-            slot: 0,
-            // The whole slot, from its first page: KVM's alignment rules
-            // (multiples of 64 pages, or up to the slot's end) hold.
-            num_pages: pages,
-            first_page: 0,
-            __bindgen_anon_1: kvm_clear_dirty_log__bindgen_ty_1 {
-                dirty_bitmap: bitmap.as_mut_ptr().cast(),
-            },
-        };
-        // SAFETY: KVM_CLEAR_DIRTY_LOG on our VM's fd with a request that
-        // names slot 0 and a bitmap of at least `pages` bits (checked above)
-        // that lives across the call; KVM only reads the bitmap.
-        let rc = unsafe { libc::ioctl(self.vm.as_raw_fd(), KVM_CLEAR_DIRTY_LOG, &mut request) };
-        if rc != 0 {
-            return Err(Error::Os {
-                operation: "KVM_CLEAR_DIRTY_LOG",
-                source: std::io::Error::last_os_error(),
-            });
-        }
-        Ok(())
-    }
-
     /// Takes a snapshot of guest memory and the vCPU; the VM's memory matches
     /// it afterwards.
-    pub(crate) fn snapshot(&mut self, sharing: Sharing) -> Result<Arc<Snapshot>> {
+    pub(crate) fn snapshot(&mut self, sharing: Sharing) -> Result<Arc<Snapshot>, VmError> {
         // Snapshots are taken at an `out`: finish it first, so that the
         // saved RIP is past it on every KVM.
         self.complete_pending_exit()?;
-        self.collect_dirty(Hot::Keep)?;
-        // Memory is the image it was mapped from, plus the pages written
-        // since.
-        let mut pages = self.touched.clone();
-        if let Some(backing) = &self.backing {
-            pages.union(&backing.pages);
-        }
+        self.tracker
+            .collect(&self.vm, &mut self.memory, Hot::Keep)?;
         // The vCPU first: nothing to undo if KVM fails here.
-        let kvm = |operation| move |source| Error::Kvm { operation, source };
         #[cfg(test)]
         if self.fail_register_reads {
-            return Err(Error::Kvm {
+            return Err(VmError::Kvm {
                 operation: "KVM_GET_REGS",
-                source: kvm_ioctls::Error::new(libc::EIO),
+                source: std::io::Error::from_raw_os_error(libc::EIO),
             });
         }
-        let regs = self.vcpu.get_regs().map_err(kvm("KVM_GET_REGS"))?;
-        let sregs = self.vcpu.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
-        let fpu = self.fpu_state()?;
-        let events = self
-            .vcpu
-            .get_vcpu_events()
-            .map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
-        let size = self.memory.size() as usize;
+        let vcpu = VcpuState::capture(&self.vcpu, self.caps)?;
+        let pages = self.tracker.snapshot_pages();
+        let size = self.memory.byte_len();
         let file = create_image_file(size)?;
         self.memory
             .copy_pages_to(file.as_fd(), pages.iter())
-            .map_err(|source| Error::Os {
+            .map_err(|source| VmError::Os {
                 operation: "write a snapshot image",
                 source,
             })?;
@@ -454,29 +191,24 @@ impl Vm {
             id: NEXT_SNAPSHOT.fetch_add(1, Ordering::Relaxed),
             file,
             view,
-            size,
             sizes: self.sizes,
             runs: runs(&pages),
             pages,
-            regs,
-            sregs,
-            fpu,
-            events,
+            vcpu,
         });
-        self.since_base.clear();
-        self.base = Some(Arc::clone(&snapshot));
+        self.tracker.taken(&snapshot);
         Ok(snapshot)
     }
 
     /// Whether this VM may go back to `snapshot`.
-    fn check_compatible(&self, snapshot: &Snapshot) -> Result<()> {
+    fn check_compatible(&self, snapshot: &Snapshot) -> Result<(), VmError> {
         let owner_ok = snapshot.owner.is_none_or(|owner| owner == self.id);
         if !owner_ok
             || snapshot.sizes != self.sizes
-            || snapshot.size as u64 != self.memory.size()
-            || matches!(snapshot.fpu, FpuState::Xsave(_)) != self.use_xsave
+            || snapshot.view.len() as u64 != self.memory.size()
+            || snapshot.vcpu.uses_xsave() != self.caps.use_xsave
         {
-            return Err(Error::SnapshotMismatch);
+            return Err(VmError::SnapshotMismatch);
         }
         Ok(())
     }
@@ -484,116 +216,39 @@ impl Vm {
     /// Maps `snapshot`'s image over guest memory and sets the vCPU to its
     /// state. Copies nothing: every page the VM had written is dropped, and
     /// the guest sees the image again.
-    pub(crate) fn adopt(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+    pub(crate) fn adopt(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), VmError> {
         self.check_compatible(snapshot)?;
-        // Until it is done, memory matches no snapshot.
-        self.base = None;
         self.drain_pending_emulation()?;
-        // Forget what was written before: none of it is in memory any more.
-        self.take_guest_dirty_log(Hot::Drop)?;
-        self.memory.take_host_dirty();
+        self.tracker.forget_for(&self.vm, &mut self.memory)?;
         self.memory.map_image(snapshot.file(), &snapshot.runs)?;
-        self.touched.clear();
-        self.since_base.clear();
-        self.backing = Some(Arc::clone(snapshot));
-        self.set_vcpu_state(snapshot)?;
-        self.base = Some(Arc::clone(snapshot));
+        snapshot.vcpu.apply(&self.vcpu, &self.run, self.caps)?;
+        self.tracker.adopted(snapshot);
         Ok(())
     }
 
     /// Puts guest memory and the vCPU back to `snapshot`, copying back only
     /// the pages that can differ from it.
-    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), VmError> {
         self.check_compatible(snapshot)?;
-        let Some(base) = self.base.clone() else {
+        let Some(base) = self.tracker.base().cloned() else {
             // Memory never matched a snapshot: nothing tells which pages
             // differ, so start over from the image.
             return self.adopt(snapshot);
         };
         self.drain_pending_emulation()?;
-        self.collect_dirty(Hot::Grow)?;
-        // Pages that can differ from `snapshot`: those written since the
-        // base, and, if the base is another snapshot, every page either of
-        // the two holds. (Kept in `since_base` until the copy is done: if it
-        // fails, a superset of the differing pages is still right.)
-        if base.id != snapshot.id {
-            self.since_base.union(&base.pages);
-            self.since_base.union(&snapshot.pages);
-        }
-        for page in self.since_base.iter() {
-            let result = match snapshot.page(page) {
-                Some(bytes) => self
-                    .memory
-                    .write_untracked((page * PAGE) as u64, bytes)
-                    .map(|_| ()),
-                None => self.memory.zero_page_untracked(page),
-            };
-            result.map_err(|e| Error::UnexpectedExit {
-                exit: format!("restore of page {page}: {e}"),
-                rip: 0,
-            })?;
-        }
-        // Those pages now differ from the image memory was mapped from (a
-        // later snapshot must include them).
-        self.touched.union(&self.since_base);
-        self.since_base.clear();
-        self.set_vcpu_state(snapshot)?;
-        self.base = Some(Arc::clone(snapshot));
-        Ok(())
-    }
-
-    /// Sets the vCPU to `snapshot`'s state. General and special registers
-    /// and events go through the `kvm_run` page where KVM supports it (KVM
-    /// applies them when the vCPU next enters; no ioctl each); the FPU
-    /// (which the guest can change: XMM registers) is always set.
-    fn set_vcpu_state(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let kvm = |operation| move |source| Error::Kvm { operation, source };
-        if self.sync_regs {
-            let mut sync = self.run.sync_regs();
-            sync.regs = snapshot.regs;
-            sync.sregs = snapshot.sregs;
-            sync.events = snapshot.events;
-            self.run.set_sync_regs(&sync);
-            self.run.set_dirty_regs(
-                self.run.dirty_regs()
-                    | SyncReg::Register as u64
-                    | SyncReg::SystemRegister as u64
-                    | SyncReg::VcpuEvents as u64,
-            );
-        } else {
-            self.vcpu
-                .set_regs(&snapshot.regs)
-                .map_err(kvm("KVM_SET_REGS"))?;
-            self.vcpu
-                .set_sregs(&snapshot.sregs)
-                .map_err(kvm("KVM_SET_SREGS"))?;
-            self.vcpu
-                .set_vcpu_events(&snapshot.events)
-                .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
-        }
-        match &snapshot.fpu {
-            FpuState::Xsave(xsave) => {
-                // SAFETY: KVM copies at most the XSAVE size of this VM, which
-                // `Vm::new` checked is at most the 4096 bytes of `kvm_xsave`
-                // (`use_xsave` is false otherwise).
-                unsafe { self.vcpu.set_xsave(xsave) }.map_err(kvm("KVM_SET_XSAVE"))?;
+        self.tracker
+            .collect(&self.vm, &mut self.memory, Hot::Grow)?;
+        for page in self.tracker.differing_from(&base, snapshot).iter() {
+            match snapshot.page(page) {
+                Some(bytes) => {
+                    self.memory.write_untracked((page * PAGE) as u64, bytes)?;
+                }
+                None => self.memory.zero_page_untracked(page)?,
             }
-            FpuState::Fpu(fpu) => self.vcpu.set_fpu(fpu).map_err(kvm("KVM_SET_FPU"))?,
         }
+        snapshot.vcpu.apply(&self.vcpu, &self.run, self.caps)?;
+        self.tracker.restored(snapshot);
         Ok(())
-    }
-
-    fn fpu_state(&self) -> Result<FpuState> {
-        let kvm = |operation| move |source| Error::Kvm { operation, source };
-        Ok(if self.use_xsave {
-            // KVM writes at most this VM's XSAVE size, checked in `Vm::new`
-            // to fit `kvm_xsave`.
-            FpuState::Xsave(Box::new(
-                self.vcpu.get_xsave().map_err(kvm("KVM_GET_XSAVE"))?,
-            ))
-        } else {
-            FpuState::Fpu(Box::new(self.vcpu.get_fpu().map_err(kvm("KVM_GET_FPU"))?))
-        })
     }
 
     /// Completes what KVM left pending at the last exit, if that exit could
@@ -602,44 +257,11 @@ impl Vm {
     /// reset set, and write guest memory or registers from the old call into
     /// the new one. Done with `immediate_exit`, so no guest code runs; what
     /// it writes to memory is in the dirty log.
-    fn drain_pending_emulation(&mut self) -> Result<()> {
+    fn drain_pending_emulation(&mut self) -> Result<(), VmError> {
         if self.pending_emulation {
             self.complete_pending_exit()?;
             self.pending_emulation = false;
         }
-        Ok(())
-    }
-
-    /// Applies registers still waiting in the `kvm_run` page with ioctls, so
-    /// that reading them back gives what was set. (KVM applies them on
-    /// entry, before it looks at `immediate_exit`, on the kernels we know;
-    /// this covers any that do not.)
-    pub(crate) fn apply_pending_registers(&mut self) -> Result<()> {
-        if !self.sync_regs {
-            return Ok(());
-        }
-        let kvm = |operation| move |source| Error::Kvm { operation, source };
-        let pending = self.run.dirty_regs();
-        if pending == 0 {
-            return Ok(());
-        }
-        let sync = self.run.sync_regs();
-        if pending & SyncReg::Register as u64 != 0 {
-            self.vcpu
-                .set_regs(&sync.regs)
-                .map_err(kvm("KVM_SET_REGS"))?;
-        }
-        if pending & SyncReg::SystemRegister as u64 != 0 {
-            self.vcpu
-                .set_sregs(&sync.sregs)
-                .map_err(kvm("KVM_SET_SREGS"))?;
-        }
-        if pending & SyncReg::VcpuEvents as u64 != 0 {
-            self.vcpu
-                .set_vcpu_events(&sync.events)
-                .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
-        }
-        self.run.set_dirty_regs(0);
         Ok(())
     }
 }
@@ -651,6 +273,7 @@ mod tests {
 
     use super::*;
     use crate::vm::GuestExit;
+    use crate::vm::error::{GuestFault, RunError};
     use crate::vm::testing::RawGuest;
 
     /// Counts in RBX, copies it to XMM0, clears FS (which some KVMs do not
@@ -685,7 +308,7 @@ mod tests {
         vm.complete_pending_exit().unwrap();
         let regs = vm.vcpu.get_regs().unwrap();
         let sregs = vm.vcpu.get_sregs().unwrap();
-        let (xmm0, mxcsr) = if vm.use_xsave {
+        let (xmm0, mxcsr) = if vm.caps.use_xsave {
             let x = xsave_bytes(vm);
             let mut xmm0 = [0u8; 16];
             xmm0.copy_from_slice(&x[XMM0..XMM0 + 16]);
@@ -714,7 +337,7 @@ mod tests {
         for _ in 0..10 {
             assert!(matches!(
                 vm.snapshot(Sharing::Private),
-                Err(Error::Kvm { .. })
+                Err(VmError::Kvm { .. })
             ));
         }
         assert_eq!(snapshot_mappings(), before + 1);
@@ -740,7 +363,7 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(vm.run().unwrap(), GuestExit::Done);
             match vm.run() {
-                Err(Error::UnexpectedExit { exit, .. }) => {
+                Err(RunError::Fault(GuestFault::UnexpectedExit { exit, .. })) => {
                     assert!(exit.contains("in from"), "{exit}")
                 }
                 other => panic!("{other:?}"),
@@ -804,7 +427,7 @@ mod tests {
             .code(&[0xc5, 0xf5, 0x76, 0xc9]) // vpcmpeqd ymm1, ymm1, ymm1 (all ones)
             .out(Port::Done as u8)
             .vm();
-        if !vm.use_xsave {
+        if !vm.caps.use_xsave {
             return; // KVM_SET_FPU cannot reach YMM; this KVM has no XSAVE.
         }
         let start = vm.snapshot(Sharing::Private).unwrap();
@@ -812,7 +435,7 @@ mod tests {
             Ok(GuestExit::Done) => {}
             // No AVX in the guest (CR4.OSXSAVE is off on KVMs that honour
             // it): there is no upper half to carry anything.
-            Err(Error::GuestException(e)) if e.vector == 6 => return,
+            Err(RunError::Fault(GuestFault::Exception(e))) if e.vector == 6 => return,
             other => panic!("{other:?}"),
         }
         vm.complete_pending_exit().unwrap();
@@ -833,7 +456,7 @@ mod tests {
     fn restore_resets_every_register_the_guest_changed() {
         for sync_regs in [true, false] {
             let mut vm = counting_guest().vm();
-            vm.sync_regs &= sync_regs;
+            vm.caps.sync_regs &= sync_regs;
             let start = vm.snapshot(Sharing::Private).unwrap();
             let initial = state(&mut vm);
             assert_eq!(initial.0, IMAGE_BASE);
@@ -847,12 +470,12 @@ mod tests {
             xmm[0] = 2;
             let (_, rbx, _, xmm0, mxcsr) = state(&mut vm);
             assert_eq!((rbx, xmm0), (2, xmm));
-            if vm.use_xsave {
+            if vm.caps.use_xsave {
                 // KVM_SET_FPU ignores MXCSR: only XSAVE can reset it.
                 assert_eq!(mxcsr, 0x7f80);
             }
             // Without XSAVE, KVM_SET_FPU leaves MXCSR as it is.
-            let use_xsave = vm.use_xsave;
+            let use_xsave = vm.caps.use_xsave;
             let comparable = |(rip, rbx, fs, xmm0, mxcsr): (u64, u64, u16, [u8; 16], u32)| {
                 (rip, rbx, fs, xmm0, Some(mxcsr).filter(|_| use_xsave))
             };

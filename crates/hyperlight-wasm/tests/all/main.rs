@@ -2,6 +2,7 @@
 //! API. They fail (never skip) when `/dev/kvm` is unusable.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
+mod api;
 mod common;
 mod errors;
 mod execution;

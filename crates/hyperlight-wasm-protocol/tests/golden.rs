@@ -1,0 +1,195 @@
+//! Golden bytes: one encoded instance of every variant of every message
+//! enum, byte for byte. Host and guest are built from the same crate, but
+//! an artifact's header, a cached image and a guest of another build all
+//! outlive one build: a reordered or renumbered variant must fail here, not
+//! in a sandbox.
+#![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+
+use hyperlight_wasm_protocol::message::{
+    Abort, ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Request, Response,
+    Value, ValueType,
+};
+use hyperlight_wasm_protocol::port::Port;
+use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
+
+/// The payload (without the frame header) `msg` encodes to.
+fn payload<T: serde::Serialize>(msg: &T) -> Vec<u8> {
+    wire::encode_to_vec(msg).unwrap()[HEADER_LEN..].to_vec()
+}
+
+fn check<T: serde::Serialize + std::fmt::Debug>(cases: &[(T, &[u8])]) {
+    for (msg, bytes) in cases {
+        assert_eq!(payload(msg), *bytes, "{msg:?}");
+    }
+}
+
+#[test]
+fn requests() {
+    check(&[
+        (
+            Request::LoadModule {
+                artifact_len: 5,
+                host_functions: vec![HostFunctionSignature {
+                    name: String::from("f"),
+                    params: vec![ValueType::I32],
+                    returns: ValueType::Void,
+                }],
+            },
+            &[0, 5, 1, 1, b'f', 1, 1, 0],
+        ),
+        (
+            Request::Call {
+                function: String::from("g"),
+                args: vec![Value::I64(-1)],
+                returns: ValueType::I64,
+            },
+            &[1, 1, b'g', 1, 3, 1, 3],
+        ),
+    ]);
+}
+
+#[test]
+fn responses() {
+    check(&[
+        (
+            Response::Ready {
+                protocol_version: 7,
+            },
+            &[0, 7][..],
+        ),
+        (Response::ModuleLoaded, &[1]),
+        (Response::Returned(Value::Bool(true)), &[2, 7, 1]),
+        (
+            Response::Failed(GuestError {
+                code: ErrorCode::Panic,
+                message: String::from("x"),
+            }),
+            &[3, 27, 1, b'x'],
+        ),
+        (Response::Exited { code: -2 }, &[4, 3]),
+    ]);
+}
+
+#[test]
+fn out_calls() {
+    check(&[
+        (
+            OutCall::ArtifactBuffer { addr: 0x80, len: 2 },
+            &[0, 0x80, 0x01, 2][..],
+        ),
+        (
+            OutCall::CallHost {
+                function: String::from("h"),
+                args: Vec::new(),
+            },
+            &[1, 1, b'h', 0],
+        ),
+        (
+            OutCall::Print {
+                text: String::from("p"),
+            },
+            &[2, 1, b'p'],
+        ),
+        (OutCall::Clock { realtime: true }, &[3, 1]),
+        (OutCall::Random { len: 4 }, &[4, 4]),
+    ]);
+}
+
+#[test]
+fn out_call_replies() {
+    check(&[
+        (OutCallReply::Done, &[0][..]),
+        (OutCallReply::Returned(Value::Void), &[1, 0]),
+        (OutCallReply::Failed(String::from("e")), &[2, 1, b'e']),
+        (OutCallReply::Time(300), &[3, 0xac, 0x02]),
+        (OutCallReply::Random(vec![9]), &[4, 1, 9]),
+    ]);
+}
+
+#[test]
+fn values_and_their_types() {
+    check(&[
+        (Value::Void, &[0][..]),
+        (Value::I32(-1), &[1, 1]),
+        (Value::U32(1), &[2, 1]),
+        (Value::I64(1), &[3, 2]),
+        (Value::U64(1), &[4, 1]),
+        (Value::F32(1.0), &[5, 0, 0, 0x80, 0x3f]),
+        (Value::F64(1.0), &[6, 0, 0, 0, 0, 0, 0, 0xf0, 0x3f]),
+        (Value::Bool(false), &[7, 0]),
+        (Value::String(String::from("s")), &[8, 1, b's']),
+        (Value::Bytes(vec![1]), &[9, 1, 1]),
+    ]);
+    let names: Vec<&str> = ValueType::ALL.iter().map(|t| t.name()).collect();
+    assert_eq!(
+        names,
+        [
+            "()", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "String", "Vec<u8>"
+        ]
+    );
+    for (index, ty) in ValueType::ALL.iter().enumerate() {
+        assert_eq!(payload(ty), [u8::try_from(index).unwrap()], "{ty:?}");
+    }
+}
+
+#[test]
+fn error_codes_and_aborts() {
+    let codes = [
+        ErrorCode::BadRequest,
+        ErrorCode::NoModuleLoaded,
+        ErrorCode::ModuleAlreadyLoaded,
+        ErrorCode::IncompatibleArtifact,
+        ErrorCode::UnknownImport,
+        ErrorCode::InstantiationFailed,
+        ErrorCode::FunctionNotFound,
+        ErrorCode::ParameterCountMismatch,
+        ErrorCode::ParameterTypeMismatch,
+        ErrorCode::ReturnTypeMismatch,
+        ErrorCode::TrapUnreachable,
+        ErrorCode::TrapIntegerDivisionByZero,
+        ErrorCode::TrapIntegerOverflow,
+        ErrorCode::TrapBadConversionToInteger,
+        ErrorCode::TrapMemoryOutOfBounds,
+        ErrorCode::TrapTableOutOfBounds,
+        ErrorCode::TrapIndirectCallToNull,
+        ErrorCode::TrapBadSignature,
+        ErrorCode::TrapStackOverflow,
+        ErrorCode::TrapHeapMisaligned,
+        ErrorCode::TrapOther,
+        ErrorCode::OutOfMemory,
+        ErrorCode::HostFunctionFailed,
+        ErrorCode::ImportTypeMismatch,
+        ErrorCode::MissingExport,
+        ErrorCode::BadGuestPointer,
+        ErrorCode::InvalidUtf8,
+        ErrorCode::Panic,
+        ErrorCode::Other,
+    ];
+    for (index, code) in codes.iter().enumerate() {
+        assert_eq!(payload(code), [u8::try_from(index).unwrap()], "{code:?}");
+    }
+    // Postcard reads past the last variant as an error, so a code added
+    // at the end decodes nowhere else.
+    assert!(wire::decode::<ErrorCode>(&[u8::try_from(codes.len()).unwrap()]).is_err());
+    check(&[(
+        Abort {
+            code: ErrorCode::OutOfMemory,
+            message: "m",
+        },
+        &[21, 1, b'm'][..],
+    )]);
+}
+
+#[test]
+fn ports() {
+    let ports = [
+        (Port::Done, 0x10),
+        (Port::OutCall, 0x11),
+        (Port::Abort, 0x12),
+        (Port::Exception, 0x13),
+    ];
+    for (port, number) in ports {
+        assert_eq!(port as u16, number);
+        assert_eq!(Port::try_from(number).ok(), Some(port));
+    }
+}

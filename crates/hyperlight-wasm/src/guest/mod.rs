@@ -1,0 +1,518 @@
+//! A guest session: one VM running our guest, the host's side of the
+//! conversation with it, and its lifecycle (boot, module load and unload,
+//! calls, recovery).
+//!
+//! - [`channel`]: request and response framing over guest memory.
+//! - [`outcalls`]: the services the host gives a running guest.
+//! - [`errors`]: what the guest reported, as the public error.
+//! - [`images`]: which states are shared with other sandboxes.
+//! - this file: the lifecycle, [`Guest::guarded`] and poisoning.
+//!
+//! State: after boot and after a module load the host takes a snapshot of
+//! the VM, and shares it through the image cache ([`crate::vm::images`]) when
+//! every sandbox of the configuration reaches that state the same way; the
+//! next sandbox maps the image instead of booting or loading again. Unless
+//! the sandbox keeps state (persistent mode), every call is followed by a
+//! restore of the post-load snapshot, so each call starts from a fresh
+//! instance. A failure that leaves the guest in an unknown state (a fault,
+//! an abort, a broken protocol, a cancellation; see [`Error::aftermath`]) is
+//! followed by that restore in either mode. Only a failure of the host
+//! itself (KVM, the OS, a failed restore) poisons the [`Guest`]: every later
+//! request then fails with [`Error::Poisoned`].
+
+mod channel;
+mod errors;
+mod images;
+mod outcalls;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use hyperlight_wasm_protocol::PROTOCOL_VERSION;
+use hyperlight_wasm_protocol::message::{
+    ErrorCode, OutCall, OutCallReply, Request, Response, Value, ValueType,
+};
+use serde::Serialize;
+
+use self::outcalls::HostServices;
+pub(crate) use self::outcalls::PrintFn;
+use crate::compile::artifact::Exports;
+use crate::error::{self, Aftermath, Error, ProtocolError, Result};
+use crate::sandbox::host_functions::{self, HostFunctions};
+use crate::vm::error::VmError;
+use crate::vm::images::ImageKey;
+use crate::vm::interrupt::InterruptHandle;
+use crate::vm::reaper::Reaped;
+use crate::vm::snapshot::{Sharing, Snapshot};
+use crate::vm::{GuestExit, Vm};
+
+/// A guest VM, the host's side of its imports, and the state of the
+/// conversation with it.
+pub(crate) struct Guest {
+    /// Torn down on the reaper thread when the sandbox goes away.
+    vm: Reaped<Vm>,
+    poisoned: Option<String>,
+    services: HostServices,
+    /// Whether calls keep the state they leave (else each call starts from
+    /// the post-load snapshot).
+    persistent: bool,
+    /// The VM right after boot.
+    runtime_snapshot: Option<Arc<Snapshot>>,
+    /// The VM right after the module loaded.
+    module_snapshot: Option<Arc<Snapshot>>,
+    /// The loaded module's exported functions, as the host compiled (or,
+    /// for a precompiled module, was told) them; `None` when no module
+    /// the host knows is loaded (test guests).
+    exports: Option<Arc<Exports>>,
+    /// Whether the current request stopped the guest in the middle (at an
+    /// out-call).
+    mid_request: bool,
+    /// Whether an out-call answered since the last boot or load made the
+    /// state reached private (see [`images::makes_state_private`]).
+    state_private: bool,
+}
+
+impl std::fmt::Debug for Guest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guest")
+            .field("vm", &self.vm)
+            .field("poisoned", &self.poisoned)
+            .field("services", &self.services)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        // Freeing the snapshots' pages is work too: do it off the caller's
+        // thread, with the VM.
+        crate::vm::reaper::reap((self.runtime_snapshot.take(), self.module_snapshot.take()));
+    }
+}
+
+/// What a module being loaded still needs copied in.
+struct Artifact<'a> {
+    bytes: &'a [u8],
+    copied: bool,
+}
+
+impl Guest {
+    /// Wraps a VM that has not run yet.
+    pub(crate) fn new(vm: Vm, print: PrintFn, persistent: bool) -> Guest {
+        Guest {
+            vm: Reaped::new(vm),
+            poisoned: None,
+            services: HostServices::new(print),
+            persistent,
+            runtime_snapshot: None,
+            module_snapshot: None,
+            exports: None,
+            mid_request: false,
+            state_private: false,
+        }
+    }
+
+    /// A handle that stops the running call from other threads.
+    pub(crate) fn interrupt_handle(&self) -> InterruptHandle {
+        self.vm.interrupt_handle()
+    }
+
+    /// Why the guest is unusable, if it is.
+    pub(crate) fn poisoned(&self) -> Option<&str> {
+        self.poisoned.as_deref()
+    }
+
+    /// The loaded module's exports, if the host knows them.
+    pub(crate) fn exports(&self) -> Option<&Arc<Exports>> {
+        self.exports.as_ref()
+    }
+
+    /// Takes a snapshot of the sandbox as it is now.
+    pub(crate) fn snapshot(&mut self) -> Result<Arc<Snapshot>> {
+        self.check_usable()?;
+        let snapshot = self.vm.snapshot(Sharing::Private);
+        self.poison_on_error(snapshot)
+    }
+
+    /// Puts the sandbox back to `snapshot`.
+    pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<()> {
+        self.check_usable()?;
+        match self.vm.restore(snapshot) {
+            // Checked before anything changed: the sandbox is as it was.
+            Err(VmError::SnapshotMismatch) => Err(Error::SnapshotMismatch),
+            restored => self.poison_on_error(restored),
+        }
+    }
+
+    /// The host functions modules may import.
+    pub(crate) fn host_functions_mut(&mut self) -> &mut HostFunctions {
+        self.services.functions_mut()
+    }
+
+    /// Brings the guest's runtime up: maps the configuration's shared
+    /// post-runtime image if there is one, else runs the guest from its
+    /// entry point until its runtime is ready and takes that image.
+    pub(crate) fn boot(&mut self) -> Result<()> {
+        let key = self.vm.image_key(None);
+        if let Some(image) = key.as_ref().and_then(crate::vm::images::get) {
+            tracing::debug!("runtime mapped from the shared image");
+            self.adopt(&image)?;
+            self.runtime_snapshot = Some(image);
+            return Ok(());
+        }
+        if self.vm.runs_embedded_guest() {
+            let booted = self.vm.boot_embedded();
+            self.poison_on_error(booted)?;
+        }
+        self.state_private = false;
+        self.guarded(false, |guest| match guest.run_to_done(None)? {
+            Response::Ready { protocol_version } if protocol_version == PROTOCOL_VERSION => Ok(()),
+            Response::Ready { protocol_version } => Err(ProtocolError::VersionMismatch {
+                guest: protocol_version,
+                host: PROTOCOL_VERSION,
+            }
+            .into()),
+            other => Err(guest.unexpected_response("the ready message", other, None)),
+        })?;
+        self.runtime_snapshot = Some(self.take_image(key)?);
+        Ok(())
+    }
+
+    /// Loads a precompiled module (`hash` identifies it): maps the shared
+    /// post-load image for it if there is one; else the guest allocates room
+    /// for it, the host copies it there, the guest deserializes, links and
+    /// instantiates it, and the host takes that image.
+    pub(crate) fn load_module(
+        &mut self,
+        artifact: &[u8],
+        hash: &[u8; 32],
+        exports: &Arc<Exports>,
+    ) -> Result<()> {
+        let signatures = host_functions::signatures(self.services.functions());
+        let runtime = self.runtime_image()?;
+        let key = images::module_key(&self.vm, &runtime, hash, &signatures)?;
+        if let Some(image) = key.as_ref().and_then(crate::vm::images::get) {
+            tracing::debug!("module mapped from the shared image");
+            self.adopt(&image)?;
+            self.module_snapshot = Some(image);
+            self.exports = Some(Arc::clone(exports));
+            return Ok(());
+        }
+        self.state_private = false;
+        self.guarded(false, |guest| {
+            guest.send(&Request::LoadModule {
+                artifact_len: artifact.len() as u64,
+                host_functions: signatures,
+            })?;
+            let mut artifact = Artifact {
+                bytes: artifact,
+                copied: false,
+            };
+            match guest.run_to_done(Some(&mut artifact))? {
+                Response::ModuleLoaded if artifact.copied => Ok(()),
+                other => Err(guest.unexpected_response("the module-loaded message", other, None)),
+            }
+        })?;
+        self.module_snapshot = Some(self.take_image(key)?);
+        self.exports = Some(Arc::clone(exports));
+        Ok(())
+    }
+
+    /// The post-runtime image, if the guest is usable and booted.
+    fn runtime_image(&self) -> Result<Arc<Snapshot>> {
+        self.check_usable()?;
+        self.runtime_snapshot
+            .clone()
+            .ok_or_else(|| Error::Poisoned {
+                reason: String::from("the guest never finished booting"),
+            })
+    }
+
+    /// Maps `image` over the VM (see [`Vm::adopt`]) unless the guest is
+    /// poisoned; poisons it if that fails.
+    fn adopt(&mut self, image: &Arc<Snapshot>) -> Result<()> {
+        self.check_usable()?;
+        let adopted = self.vm.adopt(image);
+        self.poison_on_error(adopted)
+    }
+
+    /// Takes the snapshot of a state just reached, and shares it as the
+    /// image for `key` unless an out-call on the way made it private.
+    fn take_image(&mut self, key: Option<ImageKey>) -> Result<Arc<Snapshot>> {
+        let snapshot = self.vm.snapshot(Sharing::Shared);
+        let snapshot = self.poison_on_error(snapshot)?;
+        if let Some(key) = key.filter(|_| !self.state_private) {
+            crate::vm::images::insert(key, Arc::clone(&snapshot));
+        }
+        Ok(snapshot)
+    }
+
+    /// Calls an exported function.
+    pub(crate) fn call(
+        &mut self,
+        function: &str,
+        args: Vec<Value>,
+        returns: ValueType,
+    ) -> Result<Value> {
+        let reset = !self.persistent;
+        // The host knows what the module exports: a name it does not
+        // export never reaches the guest.
+        let exported = match &self.exports {
+            Some(exports) if self.poisoned.is_none() => {
+                if !exports.contains_key(function) {
+                    let e = Error::GuestFunctionNotFound {
+                        function: function.to_owned(),
+                    };
+                    crate::metrics::record_error(&e);
+                    return Err(e);
+                }
+                true
+            }
+            _ => false,
+        };
+        #[cfg(feature = "function_call_metrics")]
+        let start = std::time::Instant::now();
+        let result = self.guarded(reset, |guest| {
+            guest.send(&Request::Call {
+                function: function.to_owned(),
+                args,
+                returns,
+            })?;
+            match guest.run_to_done(None)? {
+                Response::Returned(value) if value.ty() == returns => Ok(value),
+                other => {
+                    Err(guest.unexpected_response("the function's result", other, Some(function)))
+                }
+            }
+        });
+        // Only functions the host knows the module exports get a series:
+        // neither callers calling made-up names nor a guest answering for
+        // them can create label values.
+        #[cfg(feature = "function_call_metrics")]
+        if exported {
+            crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
+        }
+        #[cfg(not(feature = "function_call_metrics"))]
+        let _ = exported;
+        result
+    }
+
+    /// Drops the loaded module: the VM goes back to the post-runtime
+    /// snapshot (the host resets it; the guest has no say).
+    pub(crate) fn unload_module(&mut self) -> Result<()> {
+        // Mapping the image again copies nothing and frees every page the
+        // module used.
+        let runtime = self.runtime_image()?;
+        self.adopt(&runtime)?;
+        self.module_snapshot = None;
+        self.exports = None;
+        Ok(())
+    }
+
+    /// The error for a response other than the one a request expects: the
+    /// guest's reported failure, the module's exit, or a protocol error.
+    fn unexpected_response(
+        &mut self,
+        expected: &'static str,
+        response: Response,
+        function: Option<&str>,
+    ) -> Error {
+        match response {
+            Response::Failed(e) => {
+                let host_failure = self.services.take_failure();
+                match (e.code, host_failure) {
+                    (ErrorCode::HostFunctionFailed, Some(failure)) => failure,
+                    _ => errors::guest_error(e, function),
+                }
+            }
+            Response::Exited { code } => Error::GuestExited { code },
+            other => errors::unexpected(expected, &other),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        match &self.poisoned {
+            Some(reason) => Err(Error::Poisoned {
+                reason: reason.clone(),
+            }),
+            None => Ok(()),
+        }
+    }
+
+    /// Poisons the guest if `result` is an error (a failure of the host's
+    /// own machinery: the VM can no longer be trusted).
+    fn poison_on_error<T>(&mut self, result: Result<T, VmError>) -> Result<T> {
+        result.map_err(|e| {
+            let e = Error::from(e);
+            self.poisoned = Some(error::chain(&e));
+            tracing::warn!(reason = %error::chain(&e), "sandbox poisoned");
+            e
+        })
+    }
+
+    /// The snapshot a failed or finished request goes back to.
+    fn reset_target(&self) -> Option<Arc<Snapshot>> {
+        self.module_snapshot
+            .clone()
+            .or_else(|| self.runtime_snapshot.clone())
+    }
+
+    /// Runs one guest request (under the call's time limit and interrupt
+    /// handle) unless the guest is poisoned. Afterwards restores the latest
+    /// state snapshot if `reset` asks for it or the failure left the guest
+    /// in an unknown state; poisons the guest if the host itself failed.
+    fn guarded<T>(&mut self, reset: bool, step: impl FnOnce(&mut Guest) -> Result<T>) -> Result<T> {
+        if let Err(e) = self.check_usable() {
+            crate::metrics::record_error(&e);
+            return Err(e);
+        }
+        self.services.begin_request();
+        self.mid_request = false;
+        if let Err(e) = self.vm.begin_call() {
+            let e = Error::from(e);
+            crate::metrics::record_error(&e);
+            return Err(e);
+        }
+        // A panic (in the print function, or a bug of ours) must not leave
+        // the call marked running or the guest half-way through a request.
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| step(self)));
+        self.vm.end_call();
+        let result = match outcome {
+            Ok(result) => result,
+            Err(payload) => {
+                let restored = self.reset_target().map(|s| self.vm.restore(&s));
+                if !matches!(restored, Some(Ok(()))) {
+                    self.poisoned = Some(format!(
+                        "a panic interrupted a guest call: {}",
+                        errors::panic_message(&*payload)
+                    ));
+                }
+                std::panic::resume_unwind(payload);
+            }
+        };
+        if let Err(e) = &result {
+            crate::metrics::record_error(e);
+            // Bounded fields only: the error's kind, never the guest's text.
+            let (kind, what) = crate::metrics::labels(e);
+            tracing::debug!(kind, what, "guest request failed");
+        }
+        let aftermath = match &result {
+            Ok(_) => Aftermath::Clean,
+            // The guest was stopped in the middle of the request (waiting for
+            // the answer to an out-call): whatever the error, its state is
+            // not one to continue from.
+            Err(e) if self.mid_request && e.aftermath() == Aftermath::Clean => Aftermath::Restore,
+            Err(e) => e.aftermath(),
+        };
+        if aftermath == Aftermath::Poison {
+            if let Err(e) = &result {
+                self.poisoned = Some(error::chain(e));
+                tracing::warn!(reason = %error::chain(e), "sandbox poisoned");
+            }
+            return result;
+        }
+        if reset || aftermath == Aftermath::Restore {
+            let restored = match self.reset_target() {
+                Some(snapshot) => self.vm.restore(&snapshot).map_err(Error::from),
+                None => Err(Error::Poisoned {
+                    reason: String::from("there is no state to restore yet"),
+                }),
+            };
+            if let Err(restore_error) = restored {
+                let cause = match &result {
+                    Err(e) => format!("{}; restoring the sandbox then failed: ", error::chain(e)),
+                    Ok(_) => String::from("resetting the sandbox after a call failed: "),
+                };
+                tracing::warn!(reason = %error::chain(&restore_error), "restore failed: sandbox poisoned");
+                self.poisoned = Some(cause + &error::chain(&restore_error));
+                return result.and(Err(restore_error));
+            }
+        }
+        result
+    }
+
+    /// Writes a message into the input buffer.
+    fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
+        let input = self.vm.layout().input;
+        channel::send(self.vm.memory_mut(), input, msg)
+    }
+
+    /// The payload of the message in the output buffer.
+    fn read_output_payload(&self, what: &'static str) -> Result<Vec<u8>> {
+        channel::read_payload(self.vm.memory(), self.vm.layout().output, what)
+    }
+
+    /// Runs the guest until it answers, serving its out-calls; `artifact` is
+    /// the module being loaded, if any.
+    fn run_to_done(&mut self, mut artifact: Option<&mut Artifact<'_>>) -> Result<Response> {
+        loop {
+            match self.vm.run()? {
+                GuestExit::Done => {
+                    return channel::read(self.vm.memory(), self.vm.layout().output, "a response");
+                }
+                GuestExit::OutCall => {
+                    self.mid_request = true;
+                    let payload = self.read_output_payload("an out-call")?;
+                    let call = self.services.decode(&payload)?;
+                    self.state_private |= images::makes_state_private(&call);
+                    let reply = match call {
+                        OutCall::ArtifactBuffer { addr, len } => {
+                            self.copy_artifact(addr, len, artifact.as_deref_mut())?
+                        }
+                        call => {
+                            let capacity = self.vm.layout().input.size;
+                            self.services.serve(call, capacity)?
+                        }
+                    };
+                    match self.send(&reply) {
+                        Ok(()) => {}
+                        // A host function's result that does not fit: the
+                        // guest call fails with that error.
+                        Err(e @ Error::RequestTooLarge { .. }) => {
+                            let reply = self.services.reply_unsendable(e);
+                            self.send(&reply)?;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                    self.mid_request = false;
+                }
+                GuestExit::Abort => {
+                    return Err(errors::abort_error(
+                        self.read_output_payload("an abort message"),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Copies the module being loaded into the buffer the guest named.
+    fn copy_artifact(
+        &mut self,
+        addr: u64,
+        len: u64,
+        artifact: Option<&mut Artifact<'_>>,
+    ) -> Result<OutCallReply> {
+        let Some(artifact) = artifact.filter(|a| !a.copied) else {
+            return Err(errors::unexpected(
+                "no artifact request",
+                &OutCall::ArtifactBuffer { addr, len },
+            ));
+        };
+        let needed = artifact.bytes.len() as u64;
+        if len != needed {
+            return Err(ProtocolError::WrongLength {
+                offered: len,
+                needed,
+            }
+            .into());
+        }
+        // The guest names the buffer; it must lie in its heap.
+        if !self.vm.layout().heap.contains_range(addr, len) {
+            return Err(ProtocolError::OutOfBounds { addr, len }.into());
+        }
+        self.vm.memory_mut().write(addr, artifact.bytes)?;
+        artifact.copied = true;
+        Ok(OutCallReply::Done)
+    }
+}

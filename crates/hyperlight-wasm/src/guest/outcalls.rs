@@ -1,0 +1,416 @@
+//! The host's services to a running guest: registered host functions,
+//! printing, clocks and randomness. [`HostServices`] owns them and serves
+//! one out-call at a time through two narrow functions ([`HostServices::decode`]
+//! and [`HostServices::serve`]) that unit tests call without a VM, the way
+//! hyperlight tests `handle_outb` and Firecracker `handle_kvm_exit`.
+//!
+//! A host function's error or panic, and a panicking print function, fail
+//! the guest call, not the host: the guest gets a `Failed` reply, and the
+//! original error is kept for the caller ([`HostServices::take_failure`]).
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use hyperlight_wasm_protocol::message::{OutCall, OutCallReply, Value};
+use hyperlight_wasm_protocol::wire;
+
+use super::errors::{panic_message, unexpected};
+use crate::error::{self, Error, ProtocolError, Result};
+use crate::sandbox::host_functions::HostFunctions;
+
+/// Receives what the module prints. Shared by every sandbox built from one
+/// [`crate::SandboxBuilder`] (and its clones); calls are serialized.
+pub(crate) type PrintFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
+
+/// What the host serves a guest.
+pub(crate) struct HostServices {
+    functions: HostFunctions,
+    print: PrintFn,
+    /// The error of the host function (or print function) that failed
+    /// during the current request, reported when the guest call fails
+    /// because of it.
+    failure: Option<Error>,
+}
+
+impl std::fmt::Debug for HostServices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostServices")
+            .field("functions", &self.functions)
+            .field("failure", &self.failure)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostServices {
+    pub(crate) fn new(print: PrintFn) -> HostServices {
+        HostServices {
+            functions: HostFunctions::new(),
+            print,
+            failure: None,
+        }
+    }
+
+    /// The host functions modules may import.
+    pub(crate) fn functions(&self) -> &HostFunctions {
+        &self.functions
+    }
+
+    /// The host functions, for registering.
+    pub(crate) fn functions_mut(&mut self) -> &mut HostFunctions {
+        &mut self.functions
+    }
+
+    /// Forgets the failure of an earlier request.
+    pub(crate) fn begin_request(&mut self) {
+        self.failure = None;
+    }
+
+    /// The host-side failure the current request's guest call failed for.
+    pub(crate) fn take_failure(&mut self) -> Option<Error> {
+        self.failure.take()
+    }
+
+    /// Records that the answer to an out-call could not be sent: the guest
+    /// call fails with `e`; returns the reply that tells the guest so.
+    pub(crate) fn reply_unsendable(&mut self, e: Error) -> OutCallReply {
+        let message = format!("the host's answer cannot be sent: {e}");
+        self.failure = Some(e);
+        OutCallReply::Failed(message)
+    }
+
+    /// Decodes an out-call's payload. A host call's name and arity are
+    /// checked against the registered functions before any argument is
+    /// decoded, and each argument's type as it is: what the host allocates
+    /// is bounded by the bytes the guest wrote, whatever count it claims.
+    pub(crate) fn decode(&self, payload: &[u8]) -> Result<OutCall> {
+        const WHAT: &str = "an out-call";
+        let malformed =
+            |source| -> Error { ProtocolError::Malformed { what: WHAT, source }.into() };
+        let Some(head) = wire::decode_call_host_head(payload).map_err(malformed)? else {
+            return wire::decode(payload).map_err(malformed);
+        };
+        let Some(registered) = self.functions.get(head.function) else {
+            return Err(unexpected(
+                "a call to a registered host function",
+                &head.function,
+            ));
+        };
+        if head.arg_count != registered.params.len() {
+            return Err(unexpected(
+                "host function arguments matching its signature",
+                &format_args!(
+                    "{} arguments for `{}`, which takes {}",
+                    head.arg_count,
+                    head.function,
+                    registered.params.len()
+                ),
+            ));
+        }
+        let mut args = Vec::with_capacity(registered.params.len());
+        let mut rest = head.args;
+        for (i, ty) in registered.params.iter().enumerate() {
+            let (value, after) = wire::take_value(rest).map_err(malformed)?;
+            if value.ty() != *ty {
+                return Err(unexpected(
+                    "host function arguments matching its signature",
+                    &format_args!(
+                        "argument {i} of `{}` of type {}, which takes {ty} there",
+                        head.function,
+                        value.ty()
+                    ),
+                ));
+            }
+            args.push(value);
+            rest = after;
+        }
+        if !rest.is_empty() {
+            return Err(malformed(wire::WireError::TrailingBytes(rest.len())));
+        }
+        Ok(OutCall::CallHost {
+            function: head.function.to_owned(),
+            args,
+        })
+    }
+
+    /// Answers an out-call; `reply_capacity` is what the input buffer holds
+    /// for the reply. The artifact buffer of a module load is the session's
+    /// business, not a service: here it is a message out of place.
+    ///
+    /// # Errors
+    ///
+    /// A protocol error for a call the guest may not make, or an OS error
+    /// (no random bytes); a failing host function is a `Failed` reply.
+    pub(crate) fn serve(&mut self, call: OutCall, reply_capacity: u64) -> Result<OutCallReply> {
+        match call {
+            OutCall::CallHost { function, args } => self.call_host(function, args),
+            OutCall::Print { text } => Ok(self.print(&text)),
+            OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
+            OutCall::Random { len } => {
+                // The reply must fit the input buffer.
+                let limit = reply_capacity.saturating_sub(64);
+                if u64::from(len) > limit {
+                    return Err(unexpected(
+                        "a random request that fits the input buffer",
+                        &len,
+                    ));
+                }
+                Ok(OutCallReply::Random(random_bytes(len as usize)?))
+            }
+            call @ OutCall::ArtifactBuffer { .. } => Err(unexpected("no artifact request", &call)),
+        }
+    }
+
+    fn print(&mut self, text: &str) -> OutCallReply {
+        let print = &self.print;
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // A print function that panicked before leaves the lock
+            // poisoned; it is called again all the same.
+            let mut print = print.lock().unwrap_or_else(|e| e.into_inner());
+            print(text);
+        }));
+        match outcome {
+            Ok(()) => OutCallReply::Done,
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let reply = format!("the print function panicked: {message}");
+                self.failure = Some(Error::HostFunctionPanicked {
+                    function: String::from("<print function>"),
+                    message,
+                });
+                OutCallReply::Failed(reply)
+            }
+        }
+    }
+
+    /// Calls a registered host function for the guest (its arguments were
+    /// checked by [`HostServices::decode`]); its errors and panics fail the
+    /// guest call, not the host.
+    fn call_host(&mut self, function: String, args: Vec<Value>) -> Result<OutCallReply> {
+        let Some(registered) = self.functions.get_mut(&function) else {
+            return Err(unexpected(
+                "a call to a registered host function",
+                &function,
+            ));
+        };
+        let call = &mut registered.call;
+        #[cfg(feature = "function_call_metrics")]
+        let start = std::time::Instant::now();
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(args)));
+        #[cfg(feature = "function_call_metrics")]
+        crate::metrics::record_host_call(&function, start.elapsed().as_secs_f64() * 1e6);
+        Ok(match outcome {
+            Ok(Ok(value)) => OutCallReply::Returned(value),
+            Ok(Err(source)) => {
+                let message = format!(
+                    "host function `{function}` failed: {}",
+                    error::chain(&*source)
+                );
+                tracing::debug!(function = %function, "host function failed");
+                self.failure = Some(Error::HostFunctionFailed { function, source });
+                OutCallReply::Failed(message)
+            }
+            Err(payload) => {
+                let message = panic_message(&*payload);
+                let reply = format!("host function `{function}` panicked: {message}");
+                tracing::debug!(function = %function, "host function panicked");
+                self.failure = Some(Error::HostFunctionPanicked { function, message });
+                OutCallReply::Failed(reply)
+            }
+        })
+    }
+}
+
+/// Nanoseconds on the realtime clock (since the Unix epoch) or on a
+/// monotonic clock (since this process first asked).
+fn clock_ns(realtime: bool) -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    let elapsed = if realtime {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+    } else {
+        START.get_or_init(Instant::now).elapsed()
+    };
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Random bytes from the operating system.
+fn random_bytes(len: usize) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; len];
+    let mut filled = 0;
+    while filled < len {
+        // SAFETY: the pointer and length describe the unfilled tail of
+        // `bytes`, which getrandom only writes.
+        let n = unsafe { libc::getrandom(bytes[filled..].as_mut_ptr().cast(), len - filled, 0) };
+        // A negative count is an error; anything else is what was filled.
+        let Ok(n) = usize::try_from(n) else {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(Error::Os {
+                operation: "get random bytes for the guest",
+                source: e,
+            });
+        };
+        filled += n;
+    }
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use hyperlight_wasm_protocol::wire::{HEADER_LEN, encode_to_vec};
+
+    use super::*;
+    use crate::sandbox::host_functions::Registered;
+
+    fn services() -> (HostServices, Arc<Mutex<Vec<String>>>) {
+        let printed = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&printed);
+        let print: PrintFn = Arc::new(Mutex::new(move |text: &str| {
+            sink.lock().unwrap().push(text.to_owned());
+        }));
+        let mut services = HostServices::new(print);
+        services
+            .functions_mut()
+            .insert(String::from("add"), Registered::new(|a: i32, b: i32| a + b));
+        services.functions_mut().insert(
+            String::from("fails"),
+            Registered::new(|| -> std::result::Result<i32, std::io::Error> {
+                Err(std::io::Error::other("no luck"))
+            }),
+        );
+        services.functions_mut().insert(
+            String::from("panics"),
+            Registered::new(|| -> i32 { panic!("host function panic") }),
+        );
+        (services, printed)
+    }
+
+    fn payload(call: &OutCall) -> Vec<u8> {
+        encode_to_vec(call).unwrap()[HEADER_LEN..].to_vec()
+    }
+
+    fn call(function: &str, args: Vec<Value>) -> OutCall {
+        OutCall::CallHost {
+            function: String::from(function),
+            args,
+        }
+    }
+
+    #[test]
+    fn a_host_call_is_decoded_checked_and_served() {
+        let (mut services, _) = services();
+        let decoded = services
+            .decode(&payload(&call("add", vec![Value::I32(40), Value::I32(2)])))
+            .unwrap();
+        assert_eq!(
+            services.serve(decoded, 4096).unwrap(),
+            OutCallReply::Returned(Value::I32(42))
+        );
+        assert!(services.take_failure().is_none());
+    }
+
+    #[test]
+    fn host_calls_that_do_not_match_the_registry_are_refused_undecoded() {
+        let (services, _) = services();
+        for bad in [
+            call("missing", vec![]),
+            call("add", vec![Value::I32(1)]),
+            call("add", vec![Value::I32(1), Value::I64(2)]),
+            call("add", vec![Value::I32(1), Value::I32(2), Value::I32(3)]),
+        ] {
+            assert!(
+                matches!(
+                    services.decode(&payload(&bad)),
+                    Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+                ),
+                "{bad:?}"
+            );
+        }
+        let mut trailing = payload(&call("add", vec![Value::I32(1), Value::I32(2)]));
+        trailing.push(0);
+        assert!(matches!(
+            services.decode(&trailing),
+            Err(Error::Protocol(ProtocolError::Malformed {
+                source: wire::WireError::TrailingBytes(1),
+                ..
+            }))
+        ));
+        assert!(matches!(
+            services.decode(&[0x7f]),
+            Err(Error::Protocol(ProtocolError::Malformed { .. }))
+        ));
+    }
+
+    #[test]
+    fn failing_and_panicking_host_functions_fail_the_guest_call_only() {
+        let (mut services, _) = services();
+        for (name, expected) in [("fails", "no luck"), ("panics", "host function panic")] {
+            match services.serve(call(name, vec![]), 4096).unwrap() {
+                OutCallReply::Failed(message) => assert!(message.contains(expected), "{message}"),
+                other => panic!("{other:?}"),
+            }
+            match services.take_failure() {
+                Some(Error::HostFunctionFailed { function, .. })
+                | Some(Error::HostFunctionPanicked { function, .. }) => assert_eq!(function, name),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn print_clock_and_random_are_served_and_bounded() {
+        let (mut services, printed) = services();
+        let reply = services.serve(
+            OutCall::Print {
+                text: String::from("hello"),
+            },
+            4096,
+        );
+        assert_eq!(reply.unwrap(), OutCallReply::Done);
+        assert_eq!(*printed.lock().unwrap(), ["hello"]);
+        assert!(matches!(
+            services.serve(OutCall::Clock { realtime: true }, 4096),
+            Ok(OutCallReply::Time(t)) if t > 1_600_000_000 * 1_000_000_000
+        ));
+        match services.serve(OutCall::Random { len: 32 }, 4096).unwrap() {
+            OutCallReply::Random(bytes) => assert_eq!(bytes.len(), 32),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            services.serve(OutCall::Random { len: 4096 }, 4096),
+            Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+        ));
+        assert!(matches!(
+            services.serve(OutCall::ArtifactBuffer { addr: 0, len: 1 }, 4096),
+            Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
+        ));
+    }
+
+    #[test]
+    fn a_panicking_print_function_fails_the_call_and_stays_callable() {
+        let calls = Arc::new(Mutex::new(0));
+        let counter = Arc::clone(&calls);
+        let print: PrintFn = Arc::new(Mutex::new(move |_: &str| {
+            *counter.lock().unwrap() += 1;
+            panic!("print panics");
+        }));
+        let mut services = HostServices::new(print);
+        for _ in 0..2 {
+            let reply = services.serve(
+                OutCall::Print {
+                    text: String::from("x"),
+                },
+                4096,
+            );
+            assert!(matches!(reply, Ok(OutCallReply::Failed(_))));
+            assert!(matches!(
+                services.take_failure(),
+                Some(Error::HostFunctionPanicked { .. })
+            ));
+        }
+        assert_eq!(*calls.lock().unwrap(), 2);
+    }
+}
