@@ -16,7 +16,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
-use hyperlight_wasm_protocol::message::{ErrorCode, Value, ValueType, WasmAbi};
+use hyperlight_wasm_protocol::message::{ErrorCode, ModuleAbi, Value, ValueType, WasmAbi};
 use wasmtime::{AsContext, AsContextMut, Extern, Memory, TypedFunc, Val, ValType};
 
 /// A failure the guest reports with an error code of its own, carried
@@ -111,8 +111,10 @@ pub fn scalar_from_wasm(val: &Val, ty: ValueType) -> Option<Value> {
     })
 }
 
-/// A module's memory and allocator, as far as it exports them.
+/// A module's memory and allocator, as far as it exports them under the
+/// names of its [`ModuleAbi`].
 pub struct ModuleMemory {
+    names: ModuleAbi,
     memory: Option<Memory>,
     malloc: Option<TypedFunc<i32, i32>>,
     free: Option<TypedFunc<i32, ()>>,
@@ -122,12 +124,14 @@ pub struct ModuleMemory {
 }
 
 impl ModuleMemory {
-    /// The names of the exports [`ModuleMemory::new`] takes, in its order.
-    pub const EXPORTS: [&'static str; 3] = ["memory", "malloc", "free"];
-
-    /// The module's exports [`Self::EXPORTS`], keeping those of the expected
-    /// kind and type.
-    pub fn new(store: impl AsContext, exports: [Option<Extern>; 3], limit: usize) -> ModuleMemory {
+    /// The module's exports named by `names`, as [`Self::exports`] looked
+    /// them up, keeping those of the expected kind and type.
+    pub fn new(
+        store: impl AsContext,
+        names: &ModuleAbi,
+        exports: [Option<Extern>; 3],
+        limit: usize,
+    ) -> ModuleMemory {
         let [memory, malloc, free] = exports;
         let memory = memory.and_then(Extern::into_memory);
         let malloc = malloc
@@ -137,6 +141,7 @@ impl ModuleMemory {
             .and_then(Extern::into_func)
             .and_then(|f| f.typed::<i32, ()>(&store).ok());
         ModuleMemory {
+            names: names.clone(),
             memory,
             malloc,
             free,
@@ -144,11 +149,21 @@ impl ModuleMemory {
         }
     }
 
-    fn memory(&self, why: &str) -> Result<Memory, Fault> {
+    /// The names to look up for [`Self::new`], in its order.
+    pub fn exports(names: &ModuleAbi) -> [&str; 3] {
+        [&names.memory, &names.malloc, &names.free]
+    }
+
+    /// The memory, or the error that names the export it should be.
+    pub fn memory(&self, why: &str) -> Result<Memory, Fault> {
         self.memory.ok_or_else(|| {
             Fault::new(
                 ErrorCode::MissingExport,
-                format_args!("{why} needs the module to export its memory as `memory`"),
+                format_args!(
+                    "{why} needs the module to export its memory as `{}` (name another with \
+                     ModuleAbi::memory)",
+                    self.names.memory
+                ),
             )
         })
     }
@@ -166,7 +181,11 @@ impl ModuleMemory {
         let malloc = self.malloc.as_ref().ok_or_else(|| {
             Fault::new(
                 ErrorCode::MissingExport,
-                format_args!("{why} needs the module to export `malloc: (i32) -> i32`"),
+                format_args!(
+                    "{why} needs the module to export `{}: (i32) -> i32` (name another \
+                     allocator with ModuleAbi::malloc)",
+                    self.names.malloc
+                ),
             )
         })?;
         let len = bytes.len() + usize::from(nul);

@@ -1,7 +1,9 @@
 //! What a module may import: the host functions registered for the sandbox
-//! (module `env`, by name) and a WASI preview1 subset (module
-//! `wasi_snapshot_preview1`) enough for modules built by stock C and Rust
-//! toolchains. Anything else fails the load with an error naming it.
+//! (module `env`, by name) and WASI preview 1 (module
+//! `wasi_snapshot_preview1`): here the functions the sandbox serves
+//! (stdio, clocks, random, args and environment, exit), in
+//! [`crate::ungranted`] every other one, answering with WASI's errno.
+//! Anything else fails the load with an error naming it.
 
 use alloc::borrow::ToOwned;
 use alloc::format;
@@ -23,13 +25,9 @@ use crate::runtime::Limits;
 /// The WASI module name.
 const WASI: &str = "wasi_snapshot_preview1";
 
-// WASI errno values.
-const ESUCCESS: i32 = 0;
-const EBADF: i32 = 8;
-const EFAULT: i32 = 21;
+// WASI errno values (the rest are in `ungranted`).
 const EINVAL: i32 = 28;
-const ENOSYS: i32 = 52;
-const ESPIPE: i32 = 70;
+use crate::ungranted::{EBADF, EFAULT, ENOTCAPABLE, ESPIPE, ESUCCESS, on_fd};
 
 /// WASI `proc_exit`: ends the call; the host reports the exit code.
 #[derive(Debug)]
@@ -52,16 +50,19 @@ fn error(code: ErrorCode, message: fmt::Arguments<'_>) -> GuestError {
 
 /// The module's memory and allocator, seen from inside an import.
 fn caller_memory(caller: &mut Caller<'_, Limits>) -> ModuleMemory {
-    let exports = ModuleMemory::EXPORTS.map(|name| caller.get_export(name));
-    ModuleMemory::new(&*caller, exports, host::transfer_limit())
+    let names = caller.data().abi.clone();
+    let exports = ModuleMemory::exports(&names).map(|name| caller.get_export(name));
+    ModuleMemory::new(&*caller, &names, exports, host::transfer_limit())
 }
 
+/// The module's memory (the export its ABI names), for WASI.
 fn memory_of(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
-    caller.get_export("memory").and_then(Extern::into_memory)
+    let name = caller.data().abi.memory.clone();
+    caller.get_export(&name).and_then(Extern::into_memory)
 }
 
 /// Asks the host for something on behalf of an import.
-fn ask_host(call: &OutCall) -> wasmtime::Result<OutCallReply> {
+pub fn ask_host(call: &OutCall) -> wasmtime::Result<OutCallReply> {
     host::out_call(call).map_err(|e| {
         let code = match e {
             host::OutCallError::Send(_) => ErrorCode::Other,
@@ -81,6 +82,7 @@ pub fn linker(
         define_host_function(&mut linker, engine, sig)?;
     }
     define_wasi(&mut linker)?;
+    crate::ungranted::define(&mut linker)?;
     Ok(linker)
 }
 
@@ -94,10 +96,10 @@ pub fn check_imports(
     for import in module.imports() {
         let name = format!("{}::{}", import.module(), import.name());
         let Some(provided) = linker.get_by_import(&mut *store, &import) else {
-            let hint = if import.module() == "env" {
-                "; register a host function of that name"
-            } else {
-                ""
+            let hint = match import.module() {
+                "env" => "; register a host function of that name",
+                WASI => "",
+                _ => "; register a host function of that name with register_in",
             };
             return Err(error(
                 ErrorCode::UnknownImport,
@@ -140,7 +142,7 @@ pub fn check_imports(
     Ok(())
 }
 
-/// Defines `env::<name>`, which forwards the call to the host.
+/// Defines `<module>::<name>`, which forwards the call to the host.
 fn define_host_function(
     linker: &mut Linker<Limits>,
     engine: &Engine,
@@ -155,7 +157,7 @@ fn define_host_function(
     let ty = FuncType::new(engine, params, results);
     let sig = sig.clone();
     linker.func_new(
-        "env",
+        &sig.module.clone(),
         &sig.name.clone(),
         ty,
         move |mut caller, wasm_args, results| {
@@ -191,6 +193,7 @@ fn define_host_function(
                 args.push(value);
             }
             let reply = ask_host(&OutCall::CallHost {
+                module: sig.module.clone(),
                 function: name.clone(),
                 args,
             })?;
@@ -245,7 +248,7 @@ fn read_u32(data: &[u8], at: usize) -> Option<u32> {
 }
 
 /// Writes `bytes` at guest address `at`, or reports EFAULT.
-fn write_at(caller: &mut Caller<'_, Limits>, at: i32, bytes: &[u8]) -> Result<(), i32> {
+pub fn write_at(caller: &mut Caller<'_, Limits>, at: i32, bytes: &[u8]) -> Result<(), i32> {
     let memory = memory_of(caller).ok_or(EFAULT)?;
     memory
         .write(&mut *caller, at.cast_unsigned() as usize, bytes)
@@ -271,7 +274,8 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
          nwritten: i32|
          -> wasmtime::Result<i32> {
             if fd != 1 && fd != 2 {
-                return Ok(EBADF);
+                // stdin has no fd_write right; nothing else exists.
+                return Ok(on_fd(fd, ENOTCAPABLE));
             }
             let Some(memory) = memory_of(&mut caller) else {
                 return Ok(EFAULT);
@@ -308,9 +312,9 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
         WASI,
         "fd_read",
         |mut caller: Caller<'_, Limits>, fd: i32, _iovs: i32, _len: i32, nread: i32| -> i32 {
-            // stdin is empty.
+            // stdin is empty; stdout and stderr have no fd_read right.
             if fd != 0 {
-                return EBADF;
+                return on_fd(fd, ENOTCAPABLE);
             }
             errno(write_at(&mut caller, nread, &0u32.to_le_bytes()))
         },
@@ -325,7 +329,7 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "fd_seek",
-        |_fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 { ESPIPE },
+        |fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 { on_fd(fd, ESPIPE) },
     )?;
     linker.func_wrap(
         WASI,
@@ -343,11 +347,9 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             errno(write_at(&mut caller, stat, &bytes))
         },
     )?;
-    linker.func_wrap(
-        WASI,
-        "fd_fdstat_set_flags",
-        |_fd: i32, _flags: i32| -> i32 { ENOSYS },
-    )?;
+    linker.func_wrap(WASI, "fd_fdstat_set_flags", |fd: i32, _flags: i32| -> i32 {
+        on_fd(fd, ENOTCAPABLE)
+    })?;
     linker.func_wrap(WASI, "fd_prestat_get", |_fd: i32, _buf: i32| -> i32 {
         EBADF
     })?;
@@ -447,7 +449,14 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
     linker.func_wrap(
         WASI,
         "poll_oneoff",
-        |_in: i32, _out: i32, _n: i32, _events: i32| -> i32 { ENOSYS },
+        |mut caller: Caller<'_, Limits>,
+         subscriptions: i32,
+         events: i32,
+         count: i32,
+         nevents: i32|
+         -> wasmtime::Result<i32> {
+            crate::poll::poll_oneoff(&mut caller, subscriptions, events, count, nevents)
+        },
     )?;
     Ok(())
 }

@@ -45,7 +45,9 @@ fn usize_from(value: u64) -> usize {
 mod host;
 mod imports;
 mod platform;
+mod poll;
 mod runtime;
+mod ungranted;
 
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
 use hyperlight_wasm_protocol::boot::{BOOT_MAGIC, BootInfo};

@@ -11,8 +11,8 @@ use core::ptr::NonNull;
 use hyperlight_wasm_protocol::boot::BootInfo;
 use hyperlight_wasm_protocol::engine;
 use hyperlight_wasm_protocol::message::{
-    ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Request, Response, Value,
-    ValueType,
+    ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, OutCall, OutCallReply, Request,
+    Response, Value, ValueType,
 };
 use wasmtime::{Engine, Instance, Module, Store, Trap, Val, ValType, WasmBacktrace};
 
@@ -77,6 +77,9 @@ pub struct Runtime {
 /// fails). Running out of heap anywhere else stays an error.
 pub struct Limits {
     max_memory: usize,
+    /// The exports strings and buffers go through (imports find the
+    /// module's memory by it).
+    pub abi: ModuleAbi,
 }
 
 impl wasmtime::ResourceLimiter for Limits {
@@ -158,9 +161,16 @@ impl Runtime {
             Request::LoadModule {
                 artifact_len,
                 host_functions,
+                abi,
             } => self
-                .load(artifact_len, &host_functions)
+                .load(artifact_len, &host_functions, abi)
                 .map(|()| Response::ModuleLoaded),
+            Request::ReadMemory { offset, len } => self
+                .read_memory(offset, len)
+                .map(|bytes| Response::Returned(Value::Bytes(bytes))),
+            Request::WriteMemory { offset, bytes } => self
+                .write_memory(offset, &bytes)
+                .map(|()| Response::Returned(Value::Void)),
             Request::Call {
                 function,
                 args,
@@ -178,6 +188,7 @@ impl Runtime {
         &mut self,
         artifact_len: u64,
         host_functions: &[HostFunctionSignature],
+        abi: ModuleAbi,
     ) -> Result<(), Failure> {
         if self.loaded.is_some() {
             return Err(error(
@@ -216,6 +227,7 @@ impl Runtime {
             &self.engine,
             Limits {
                 max_memory: self.max_memory,
+                abi,
             },
         );
         store.limiter(|limits| limits);
@@ -240,8 +252,10 @@ impl Runtime {
                 from_wasmtime(ErrorCode::InstantiationFailed, "running `_initialize`", &e)
             })?;
         }
-        let exports = ModuleMemory::EXPORTS.map(|name| instance.get_export(&mut store, name));
-        let memory = ModuleMemory::new(&store, exports, host::transfer_limit());
+        let names = store.data().abi.clone();
+        let exports =
+            ModuleMemory::exports(&names).map(|name| instance.get_export(&mut store, name));
+        let memory = ModuleMemory::new(&store, &names, exports, host::transfer_limit());
         self.loaded = Some(Loaded {
             store,
             instance,
@@ -250,6 +264,40 @@ impl Runtime {
             _artifact: artifact,
         });
         Ok(())
+    }
+
+    /// The loaded module, or the error for a request that needs one.
+    fn loaded(&mut self) -> Result<&mut Loaded, GuestError> {
+        self.loaded.as_mut().ok_or_else(|| {
+            error(
+                ErrorCode::NoModuleLoaded,
+                format_args!("no module is loaded"),
+            )
+        })
+    }
+
+    /// `len` bytes at `offset` of the module's memory.
+    fn read_memory(&mut self, offset: u32, len: u32) -> Result<Vec<u8>, Failure> {
+        let loaded = self.loaded()?;
+        let memory = loaded.memory.memory("reading the module's memory")?;
+        let start = offset as usize;
+        memory
+            .data(&loaded.store)
+            .get(start..)
+            .and_then(|tail| tail.get(..len as usize))
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| out_of_memory_range(offset, len, memory.data_size(&loaded.store)))
+    }
+
+    /// Writes `bytes` at `offset` of the module's memory.
+    fn write_memory(&mut self, offset: u32, bytes: &[u8]) -> Result<(), Failure> {
+        let loaded = self.loaded()?;
+        let memory = loaded.memory.memory("writing the module's memory")?;
+        let size = memory.data_size(&loaded.store);
+        let len = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        memory
+            .write(&mut loaded.store, offset as usize, bytes)
+            .map_err(|_| out_of_memory_range(offset, len, size))
     }
 
     fn call(&mut self, name: &str, args: Vec<Value>, returns: ValueType) -> Result<Value, Failure> {
@@ -361,6 +409,18 @@ impl Runtime {
 
 /// Checks the arguments against the function's wasm parameters (a `String`
 /// takes one `i32`, a `Vec<u8>` two).
+/// The error for an access of `len` bytes at `offset` past the end of a
+/// memory of `size` bytes.
+fn out_of_memory_range(offset: u32, len: u32, size: usize) -> Failure {
+    error(
+        ErrorCode::BadGuestPointer,
+        format_args!(
+            "{len} bytes at offset {offset:#x} lie outside the module's memory of {size:#x} bytes"
+        ),
+    )
+    .into()
+}
+
 fn check_params(name: &str, args: &[Value], params: &[ValType]) -> Result<(), GuestError> {
     let wanted: usize = args.iter().map(|a| a.ty().wasm_params().len()).sum();
     if wanted != params.len() {

@@ -139,8 +139,10 @@ pub enum Request {
     LoadModule {
         /// Size of the precompiled artifact in bytes.
         artifact_len: u64,
-        /// The host functions the module may import from module `env`.
+        /// The host functions the module may import.
         host_functions: Vec<HostFunctionSignature>,
+        /// The exports its strings and buffers go through.
+        abi: ModuleAbi,
     },
     /// Call an exported function of the loaded module.
     Call {
@@ -151,9 +153,48 @@ pub enum Request {
         /// The type the caller expects back.
         returns: ValueType,
     },
+    /// Copy `len` bytes at `offset` out of the module's memory (the
+    /// [`ModuleAbi`]'s): answered with [`Response::Returned`] of a
+    /// [`Value::Bytes`].
+    ReadMemory {
+        /// Offset in the module's memory.
+        offset: u32,
+        /// How many bytes (at most what the output buffer carries).
+        len: u32,
+    },
+    /// Write `bytes` at `offset` into the module's memory: answered with
+    /// [`Response::Returned`] of [`Value::Void`].
+    WriteMemory {
+        /// Offset in the module's memory.
+        offset: u32,
+        /// What to write.
+        bytes: Vec<u8>,
+    },
 }
 
-/// A host function the module may import from module `env`, by name.
+/// The exports through which strings and buffers reach a module: its
+/// memory, and the allocator and deallocator the runtime calls.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ModuleAbi {
+    /// The memory's export name (`memory` by default).
+    pub memory: String,
+    /// `(i32) -> i32`: allocates that many bytes (`malloc` by default).
+    pub malloc: String,
+    /// `(i32)`: frees what `malloc` returned (`free` by default).
+    pub free: String,
+}
+
+impl Default for ModuleAbi {
+    fn default() -> Self {
+        ModuleAbi {
+            memory: String::from("memory"),
+            malloc: String::from("malloc"),
+            free: String::from("free"),
+        }
+    }
+}
+
+/// A host function the module may import, by module and name.
 ///
 /// How its values appear in wasm: `i32`, `u32` and `bool` as an `i32`;
 /// `i64` and `u64` as an `i64`; floats as themselves; a `String` argument as
@@ -164,6 +205,8 @@ pub enum Request {
 /// memory the runtime obtained from the module's `malloc`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HostFunctionSignature {
+    /// The module it is imported from (`env` unless registered elsewhere).
+    pub module: String,
     /// The name the module imports.
     pub name: String,
     /// Parameter types, in order.
@@ -208,6 +251,8 @@ pub enum OutCall {
     },
     /// Call a host function the module imported.
     CallHost {
+        /// The module it was imported from.
+        module: String,
         /// Its registered name.
         function: String,
         /// Arguments, of the types its signature lists.
@@ -228,6 +273,13 @@ pub enum OutCall {
     Random {
         /// How many (at most what the input buffer holds).
         len: u32,
+    },
+    /// Sleep (WASI `poll_oneoff` on clocks): the host answers
+    /// [`OutCallReply::Done`] after `ns` nanoseconds, or sooner when the
+    /// call is cancelled (the next entry then stops it).
+    Sleep {
+        /// How long.
+        ns: u64,
     },
 }
 

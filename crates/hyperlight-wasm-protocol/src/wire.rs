@@ -149,6 +149,8 @@ const CALL_HOST_VARIANT: u32 = 1;
 /// [`OutCall::CallHost`]: crate::message::OutCall::CallHost
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CallHostHead<'a> {
+    /// The module the host function was imported from.
+    pub module: &'a str,
     /// The host function's name.
     pub function: &'a str,
     /// How many arguments the guest claims follow.
@@ -168,11 +170,14 @@ pub fn decode_call_host_head(payload: &[u8]) -> Result<Option<CallHostHead<'_>>,
     if variant != CALL_HOST_VARIANT {
         return Ok(None);
     }
+    let (module, rest): (&str, &[u8]) =
+        postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
     let (function, rest): (&str, &[u8]) =
         postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
     let (arg_count, args): (usize, &[u8]) =
         postcard::take_from_bytes(rest).map_err(WireError::Malformed)?;
     Ok(Some(CallHostHead {
+        module,
         function,
         arg_count,
         args,
@@ -334,12 +339,18 @@ mod proptests {
         /// message holds (so it tracks `OutCall`'s layout).
         #[test]
         fn call_host_heads_and_values_decode_what_was_encoded(
+            module in ".{0,8}",
             function in ".{0,16}",
             args in proptest::collection::vec(any_value(), 0..6),
         ) {
-            let call = OutCall::CallHost { function: function.clone(), args: args.clone() };
+            let call = OutCall::CallHost {
+                module: module.clone(),
+                function: function.clone(),
+                args: args.clone(),
+            };
             let framed = encode_to_vec(&call).unwrap();
             let head = decode_call_host_head(&framed[HEADER_LEN..]).unwrap().unwrap();
+            prop_assert_eq!(head.module, module.as_str());
             prop_assert_eq!(head.function, function.as_str());
             prop_assert_eq!(head.arg_count, args.len());
             let mut rest = head.args;

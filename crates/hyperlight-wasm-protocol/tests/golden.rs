@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 use hyperlight_wasm_protocol::message::{
-    Abort, ErrorCode, GuestError, HostFunctionSignature, OutCall, OutCallReply, Request, Response,
-    Value, ValueType,
+    Abort, ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, OutCall, OutCallReply, Request,
+    Response, Value, ValueType,
 };
 use hyperlight_wasm_protocol::port::Port;
 use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
@@ -30,12 +30,20 @@ fn requests() {
             Request::LoadModule {
                 artifact_len: 5,
                 host_functions: vec![HostFunctionSignature {
+                    module: String::from("env"),
                     name: String::from("f"),
                     params: vec![ValueType::I32],
                     returns: ValueType::Void,
                 }],
+                abi: ModuleAbi {
+                    memory: String::from("m"),
+                    malloc: String::from("a"),
+                    free: String::from("f"),
+                },
             },
-            &[0, 5, 1, 1, b'f', 1, 1, 0],
+            &[
+                0, 5, 1, 3, b'e', b'n', b'v', 1, b'f', 1, 1, 0, 1, b'm', 1, b'a', 1, b'f',
+            ],
         ),
         (
             Request::Call {
@@ -44,6 +52,14 @@ fn requests() {
                 returns: ValueType::I64,
             },
             &[1, 1, b'g', 1, 3, 1, 3],
+        ),
+        (Request::ReadMemory { offset: 1, len: 2 }, &[2, 1, 2]),
+        (
+            Request::WriteMemory {
+                offset: 3,
+                bytes: vec![4],
+            },
+            &[3, 3, 1, 4],
         ),
     ]);
 }
@@ -79,10 +95,11 @@ fn out_calls() {
         ),
         (
             OutCall::CallHost {
+                module: String::from("m"),
                 function: String::from("h"),
                 args: Vec::new(),
             },
-            &[1, 1, b'h', 0],
+            &[1, 1, b'm', 1, b'h', 0],
         ),
         (
             OutCall::Print {
@@ -92,6 +109,7 @@ fn out_calls() {
         ),
         (OutCall::Clock { realtime: true }, &[3, 1]),
         (OutCall::Random { len: 4 }, &[4, 4]),
+        (OutCall::Sleep { ns: 5 }, &[5, 5]),
     ]);
 }
 

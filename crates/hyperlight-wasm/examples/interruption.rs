@@ -45,7 +45,6 @@ fn main() -> Result<()> {
         ),
         other => panic!("runaway call: expected a cancellation, got {other:?}"),
     }
-    assert!(stopped, "kill() saw the call stop");
     let sum = sandbox.call_guest_function::<i32>("add", (1, 2))?;
     println!("add(1, 2) afterwards = {sum}");
     assert_eq!(sum, 3);

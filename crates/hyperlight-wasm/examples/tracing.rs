@@ -57,12 +57,14 @@ fn main() -> Result<()> {
     sandbox.unload_module()?;
 
     let log = String::from_utf8_lossy(&captured.0.lock().expect("log lock")).into_owned();
+    // Each span as the subscriber names it where it closes: `name:` or
+    // `name{fields}:` at the start of the span list.
     for span in [
-        "build",
-        "load_runtime",
-        "load_module",
-        "call_guest_function",
-        "unload_module",
+        " build:",
+        " load_runtime:",
+        " load_module{",
+        " call_guest_function{",
+        " unload_module:",
     ] {
         assert!(log.contains(span), "no `{span}` span in the log:\n{log}");
     }

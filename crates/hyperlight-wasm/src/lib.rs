@@ -108,7 +108,7 @@ pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, 
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
 pub use sandbox::{
-    HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ParameterTuple,
+    HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ModuleAbi, ParameterTuple,
     ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder, Snapshot,
     SupportedParameterType, SupportedReturnType, TypedGuestFunction, WasmSandbox,
 };

@@ -28,7 +28,8 @@ impl fmt::Display for CancelReason {
 }
 
 /// Ways the guest can break the protocol. The host checks everything the
-/// guest writes; any of these makes the sandbox unusable.
+/// guest writes; after any of these the host restores the sandbox to its
+/// post-load state (the guest's own state is unknown).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ProtocolError {

@@ -7,7 +7,7 @@
 //! So a state is shared only if, on the way to it, the guest asked nothing
 //! whose answer can differ ([`makes_state_private`]).
 
-use hyperlight_wasm_protocol::message::{HostFunctionSignature, OutCall};
+use hyperlight_wasm_protocol::message::{HostFunctionSignature, ModuleAbi, OutCall};
 use hyperlight_wasm_protocol::wire;
 use sha2::{Digest, Sha256};
 
@@ -22,7 +22,9 @@ use crate::vm::snapshot::Snapshot;
 /// time, random bytes, even a print, whose function may fail).
 pub(crate) fn makes_state_private(call: &OutCall) -> bool {
     match call {
-        OutCall::ArtifactBuffer { .. } => false,
+        // Its answer is always the same: the time that passed is only seen
+        // through the clock, which does make the state private.
+        OutCall::ArtifactBuffer { .. } | OutCall::Sleep { .. } => false,
         OutCall::CallHost { .. }
         | OutCall::Print { .. }
         | OutCall::Clock { .. }
@@ -31,17 +33,20 @@ pub(crate) fn makes_state_private(call: &OutCall) -> bool {
 }
 
 /// The image key of the state after loading the module whose artifact
-/// hash is `hash`, linked against `signatures`, from the post-runtime image
-/// `runtime` of `vm` (`None` when `vm`'s states are never shared).
+/// hash is `hash`, linked against `signatures` with the exports `abi`
+/// names, from the post-runtime image `runtime` of `vm` (`None` when
+/// `vm`'s states are never shared).
 pub(crate) fn module_key(
     vm: &Vm,
     runtime: &Snapshot,
     hash: &[u8; 32],
     signatures: &[HostFunctionSignature],
+    abi: &ModuleAbi,
 ) -> Result<Option<ImageKey>> {
-    let signatures = wire::encode_to_vec(&signatures).map_err(|e| Error::RequestTooLarge {
-        reason: e.to_string(),
-    })?;
+    let signatures =
+        wire::encode_to_vec(&(signatures, abi)).map_err(|e| Error::RequestTooLarge {
+            reason: e.to_string(),
+        })?;
     let mut digest = Sha256::new();
     digest.update(runtime.id().to_le_bytes());
     digest.update(hash);
@@ -61,8 +66,10 @@ mod tests {
             addr: 0,
             len: 0
         }));
+        assert!(!makes_state_private(&OutCall::Sleep { ns: 1 }));
         for call in [
             OutCall::CallHost {
+                module: String::from("env"),
                 function: String::from("f"),
                 args: vec![Value::I32(1)],
             },

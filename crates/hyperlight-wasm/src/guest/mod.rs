@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
 use hyperlight_wasm_protocol::message::{
-    ErrorCode, OutCall, OutCallReply, Request, Response, Value, ValueType,
+    ErrorCode, ModuleAbi, OutCall, OutCallReply, Request, Response, Value, ValueType,
 };
 use serde::Serialize;
 
@@ -71,6 +71,8 @@ pub(crate) struct Guest {
     /// Whether an out-call answered since the last boot or load made the
     /// state reached private (see [`images::makes_state_private`]).
     state_private: bool,
+    /// The exports a loaded module's strings and buffers go through.
+    abi: ModuleAbi,
 }
 
 impl std::fmt::Debug for Guest {
@@ -100,17 +102,25 @@ struct Artifact<'a> {
 impl Guest {
     /// Wraps a VM that has not run yet.
     pub(crate) fn new(vm: Vm, print: PrintFn, persistent: bool) -> Guest {
+        let handle = vm.interrupt_handle();
+        let sleep = Box::new(move |duration| handle.sleep(duration));
         Guest {
             vm: Reaped::new(vm),
             poisoned: None,
-            services: HostServices::new(print),
+            services: HostServices::new(print, sleep),
             persistent,
             runtime_snapshot: None,
             module_snapshot: None,
             exports: None,
             mid_request: false,
             state_private: false,
+            abi: ModuleAbi::default(),
         }
+    }
+
+    /// Names the exports the next module's strings and buffers go through.
+    pub(crate) fn set_module_abi(&mut self, abi: ModuleAbi) {
+        self.abi = abi;
     }
 
     /// A handle that stops the running call from other threads.
@@ -191,7 +201,7 @@ impl Guest {
     ) -> Result<()> {
         let signatures = host_functions::signatures(self.services.functions());
         let runtime = self.runtime_image()?;
-        let key = images::module_key(&self.vm, &runtime, hash, &signatures)?;
+        let key = images::module_key(&self.vm, &runtime, hash, &signatures, &self.abi)?;
         if let Some(image) = key.as_ref().and_then(crate::vm::images::get) {
             tracing::debug!("module mapped from the shared image");
             self.adopt(&image)?;
@@ -204,6 +214,7 @@ impl Guest {
             guest.send(&Request::LoadModule {
                 artifact_len: artifact.len() as u64,
                 host_functions: signatures,
+                abi: guest.abi.clone(),
             })?;
             let mut artifact = Artifact {
                 bytes: artifact,
@@ -296,6 +307,70 @@ impl Guest {
         #[cfg(not(feature = "function_call_metrics"))]
         let _ = exported;
         result
+    }
+
+    /// Copies `len` bytes at `offset` out of the module's memory, in as
+    /// many requests as the output buffer needs. Runs like a call, but
+    /// without the reset after it: memory is read as the last call (or
+    /// write) left it.
+    pub(crate) fn read_memory(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        check_memory_range(offset, len)?;
+        let chunk = self.transfer_chunk(self.vm.layout().output.size);
+        let mut bytes = Vec::new();
+        while bytes.len() < len as usize {
+            let done = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+            let want = (len - done).min(chunk);
+            let request = Request::ReadMemory {
+                offset: offset + done,
+                len: want,
+            };
+            let piece = self.guarded(false, |guest| {
+                guest.send(&request)?;
+                match guest.run_to_done(None)? {
+                    Response::Returned(Value::Bytes(piece)) if piece.len() == want as usize => {
+                        Ok(piece)
+                    }
+                    other => Err(guest.unexpected_response("the memory's bytes", other, None)),
+                }
+            })?;
+            bytes.extend_from_slice(&piece);
+        }
+        Ok(bytes)
+    }
+
+    /// Writes `bytes` at `offset` into the module's memory, in as many
+    /// requests as the input buffer needs; no reset follows (the next call
+    /// sees the bytes, and its own reset removes them unless the sandbox is
+    /// persistent).
+    pub(crate) fn write_memory(&mut self, offset: u32, bytes: &[u8]) -> Result<()> {
+        let len = u32::try_from(bytes.len()).map_err(|_| Error::BadGuestPointer {
+            message: format!("{} bytes do not fit a 32-bit module memory", bytes.len()),
+        })?;
+        check_memory_range(offset, len)?;
+        let chunk = self.transfer_chunk(self.vm.layout().input.size) as usize;
+        let mut done = 0usize;
+        for piece in bytes.chunks(chunk.max(1)) {
+            let at = offset + u32::try_from(done).unwrap_or(u32::MAX);
+            let request = Request::WriteMemory {
+                offset: at,
+                bytes: piece.to_vec(),
+            };
+            self.guarded(false, |guest| {
+                guest.send(&request)?;
+                match guest.run_to_done(None)? {
+                    Response::Returned(Value::Void) => Ok(()),
+                    other => Err(guest.unexpected_response("the write's end", other, None)),
+                }
+            })?;
+            done += piece.len();
+        }
+        Ok(())
+    }
+
+    /// The bytes one message through a buffer of `size` bytes carries,
+    /// leaving room for the message around them.
+    fn transfer_chunk(&self, size: u64) -> u32 {
+        u32::try_from(size.saturating_sub(1024).max(1)).unwrap_or(u32::MAX)
     }
 
     /// Drops the loaded module: the VM goes back to the post-runtime
@@ -515,4 +590,16 @@ impl Guest {
         artifact.copied = true;
         Ok(OutCallReply::Done)
     }
+}
+
+/// Refuses a range that runs past the 4 GiB a 32-bit memory can have.
+fn check_memory_range(offset: u32, len: u32) -> Result<()> {
+    if u64::from(offset) + u64::from(len) > 1 << 32 {
+        return Err(Error::BadGuestPointer {
+            message: format!(
+                "{len} bytes at offset {offset:#x} run past the end of a 32-bit memory"
+            ),
+        });
+    }
+    Ok(())
 }

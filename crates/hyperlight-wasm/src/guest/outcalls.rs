@@ -16,16 +16,21 @@ use hyperlight_wasm_protocol::wire;
 
 use super::errors::{panic_message, unexpected};
 use crate::error::{self, Error, ProtocolError, Result};
-use crate::sandbox::host_functions::HostFunctions;
+use crate::sandbox::host_functions::{HostFunctions, ImportName};
 
 /// Receives what the module prints. Shared by every sandbox built from one
 /// [`crate::SandboxBuilder`] (and its clones); calls are serialized.
 pub(crate) type PrintFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
 
+/// Sleeps for a guest (WASI `poll_oneoff`) unless its call is cancelled
+/// first; returns whether it was.
+pub(crate) type SleepFn = Box<dyn Fn(std::time::Duration) -> bool + Send>;
+
 /// What the host serves a guest.
 pub(crate) struct HostServices {
     functions: HostFunctions,
     print: PrintFn,
+    sleep: SleepFn,
     /// The error of the host function (or print function) that failed
     /// during the current request, reported when the guest call fails
     /// because of it.
@@ -42,10 +47,11 @@ impl std::fmt::Debug for HostServices {
 }
 
 impl HostServices {
-    pub(crate) fn new(print: PrintFn) -> HostServices {
+    pub(crate) fn new(print: PrintFn, sleep: SleepFn) -> HostServices {
         HostServices {
             functions: HostFunctions::new(),
             print,
+            sleep,
             failure: None,
         }
     }
@@ -89,10 +95,11 @@ impl HostServices {
         let Some(head) = wire::decode_call_host_head(payload).map_err(malformed)? else {
             return wire::decode(payload).map_err(malformed);
         };
-        let Some(registered) = self.functions.get(head.function) else {
+        let import = ImportName::new(head.module, head.function);
+        let Some(registered) = self.functions.get(&import) else {
             return Err(unexpected(
                 "a call to a registered host function",
-                &head.function,
+                &format_args!("{}::{}", head.module, head.function),
             ));
         };
         if head.arg_count != registered.params.len() {
@@ -101,7 +108,7 @@ impl HostServices {
                 &format_args!(
                     "{} arguments for `{}`, which takes {}",
                     head.arg_count,
-                    head.function,
+                    import,
                     registered.params.len()
                 ),
             ));
@@ -115,7 +122,7 @@ impl HostServices {
                     "host function arguments matching its signature",
                     &format_args!(
                         "argument {i} of `{}` of type {}, which takes {ty} there",
-                        head.function,
+                        import,
                         value.ty()
                     ),
                 ));
@@ -127,7 +134,8 @@ impl HostServices {
             return Err(malformed(wire::WireError::TrailingBytes(rest.len())));
         }
         Ok(OutCall::CallHost {
-            function: head.function.to_owned(),
+            module: import.module,
+            function: import.name,
             args,
         })
     }
@@ -142,7 +150,11 @@ impl HostServices {
     /// (no random bytes); a failing host function is a `Failed` reply.
     pub(crate) fn serve(&mut self, call: OutCall, reply_capacity: u64) -> Result<OutCallReply> {
         match call {
-            OutCall::CallHost { function, args } => self.call_host(function, args),
+            OutCall::CallHost {
+                module,
+                function,
+                args,
+            } => self.call_host(ImportName::new(module, function), args),
             OutCall::Print { text } => Ok(self.print(&text)),
             OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
             OutCall::Random { len } => {
@@ -155,6 +167,12 @@ impl HostServices {
                     ));
                 }
                 Ok(OutCallReply::Random(random_bytes(len as usize)?))
+            }
+            OutCall::Sleep { ns } => {
+                // Woken early by a cancellation: the next entry into the
+                // guest stops the call.
+                let _cancelled = (self.sleep)(std::time::Duration::from_nanos(ns));
+                Ok(OutCallReply::Done)
             }
             call @ OutCall::ArtifactBuffer { .. } => Err(unexpected("no artifact request", &call)),
         }
@@ -185,13 +203,13 @@ impl HostServices {
     /// Calls a registered host function for the guest (its arguments were
     /// checked by [`HostServices::decode`]); its errors and panics fail the
     /// guest call, not the host.
-    fn call_host(&mut self, function: String, args: Vec<Value>) -> Result<OutCallReply> {
-        let Some(registered) = self.functions.get_mut(&function) else {
-            return Err(unexpected(
-                "a call to a registered host function",
-                &function,
-            ));
+    fn call_host(&mut self, import: ImportName, args: Vec<Value>) -> Result<OutCallReply> {
+        let Some(registered) = self.functions.get_mut(&import) else {
+            return Err(unexpected("a call to a registered host function", &import));
         };
+        // `name` in `env`, `module::name` elsewhere: errors and the metric
+        // label name it so.
+        let function = import.to_string();
         let call = &mut registered.call;
         #[cfg(feature = "function_call_metrics")]
         let start = std::time::Instant::now();
@@ -263,7 +281,7 @@ mod tests {
     use hyperlight_wasm_protocol::wire::{HEADER_LEN, encode_to_vec};
 
     use super::*;
-    use crate::sandbox::host_functions::Registered;
+    use crate::sandbox::host_functions::{ImportName, Registered};
 
     fn services() -> (HostServices, Arc<Mutex<Vec<String>>>) {
         let printed = Arc::new(Mutex::new(Vec::new()));
@@ -271,18 +289,23 @@ mod tests {
         let print: PrintFn = Arc::new(Mutex::new(move |text: &str| {
             sink.lock().unwrap().push(text.to_owned());
         }));
-        let mut services = HostServices::new(print);
-        services
-            .functions_mut()
-            .insert(String::from("add"), Registered::new(|a: i32, b: i32| a + b));
+        let mut services = HostServices::new(print, Box::new(|_| false));
         services.functions_mut().insert(
-            String::from("fails"),
+            ImportName::env("add"),
+            Registered::new(|a: i32, b: i32| a + b),
+        );
+        services.functions_mut().insert(
+            ImportName::new("host", "add"),
+            Registered::new(|a: i64, b: i64| a * b),
+        );
+        services.functions_mut().insert(
+            ImportName::env("fails"),
             Registered::new(|| -> std::result::Result<i32, std::io::Error> {
                 Err(std::io::Error::other("no luck"))
             }),
         );
         services.functions_mut().insert(
-            String::from("panics"),
+            ImportName::env("panics"),
             Registered::new(|| -> i32 { panic!("host function panic") }),
         );
         (services, printed)
@@ -293,7 +316,12 @@ mod tests {
     }
 
     fn call(function: &str, args: Vec<Value>) -> OutCall {
+        call_in("env", function, args)
+    }
+
+    fn call_in(module: &str, function: &str, args: Vec<Value>) -> OutCall {
         OutCall::CallHost {
+            module: String::from(module),
             function: String::from(function),
             args,
         }
@@ -310,6 +338,27 @@ mod tests {
             OutCallReply::Returned(Value::I32(42))
         );
         assert!(services.take_failure().is_none());
+        // The same name in another module is another function.
+        let decoded = services
+            .decode(&payload(&call_in(
+                "host",
+                "add",
+                vec![Value::I64(6), Value::I64(7)],
+            )))
+            .unwrap();
+        assert_eq!(
+            services.serve(decoded, 4096).unwrap(),
+            OutCallReply::Returned(Value::I64(42))
+        );
+        assert!(
+            services
+                .decode(&payload(&call_in(
+                    "elsewhere",
+                    "add",
+                    vec![Value::I32(1), Value::I32(2)]
+                )))
+                .is_err()
+        );
     }
 
     #[test]
@@ -383,6 +432,23 @@ mod tests {
             services.serve(OutCall::Random { len: 4096 }, 4096),
             Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
         ));
+        let slept = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&slept);
+        let mut sleeper = HostServices::new(
+            Arc::new(Mutex::new(|_: &str| {})),
+            Box::new(move |d| {
+                seen.lock().unwrap().push(d);
+                true
+            }),
+        );
+        assert_eq!(
+            sleeper.serve(OutCall::Sleep { ns: 1500 }, 4096).unwrap(),
+            OutCallReply::Done
+        );
+        assert_eq!(
+            *slept.lock().unwrap(),
+            [std::time::Duration::from_nanos(1500)]
+        );
         assert!(matches!(
             services.serve(OutCall::ArtifactBuffer { addr: 0, len: 1 }, 4096),
             Err(Error::Protocol(ProtocolError::UnexpectedMessage { .. }))
@@ -397,7 +463,7 @@ mod tests {
             *counter.lock().unwrap() += 1;
             panic!("print panics");
         }));
-        let mut services = HostServices::new(print);
+        let mut services = HostServices::new(print, Box::new(|_| false));
         for _ in 0..2 {
             let reply = services.serve(
                 OutCall::Print {

@@ -426,16 +426,23 @@ fn encode_varint(value: usize) -> Vec<u8> {
 
 #[test]
 fn a_host_call_claiming_millions_of_arguments_allocates_nothing_for_them() {
-    // CallHost (variant 1), function "f", then ~268 million arguments
-    // that are each one zero byte (Void): decoded first, they would
-    // take 32 bytes each, 8 GiB in all.
-    let head = [&[1u8][..], &encode_varint(1), b"f"].concat();
+    // CallHost (variant 1), module "env", function "f", then ~268 million
+    // arguments that are each one zero byte (Void): decoded first, they
+    // would take 32 bytes each, 8 GiB in all.
+    let head = [
+        &[1u8][..],
+        &encode_varint(3),
+        b"env",
+        &encode_varint(1),
+        b"f",
+    ]
+    .concat();
     // Unknown, then registered with two parameters.
     for register in [false, true] {
         let mut g = largest_buffer_guest(|payload| filling(&head, payload), Port::OutCall);
         if register {
             g.host_functions_mut().insert(
-                String::from("f"),
+                host_functions::ImportName::env("f"),
                 host_functions::Registered::new(|a: i32, b: i32| a + b),
             );
         }
@@ -484,6 +491,7 @@ fn an_unexpected_message_is_quoted_without_formatting_it_whole() {
 fn host_calls_are_checked_against_the_registry_before_they_run() {
     let call = |function: &str, args: Vec<Value>| {
         framed(&OutCall::CallHost {
+            module: String::from("env"),
             function: String::from(function),
             args,
         })
@@ -501,7 +509,7 @@ fn host_calls_are_checked_against_the_registry_before_they_run() {
                 .send_output(&message, Port::OutCall),
         );
         g.host_functions_mut().insert(
-            String::from("add"),
+            host_functions::ImportName::env("add"),
             host_functions::Registered::new(|a: i32, b: i32| -> i32 {
                 panic!("called with {a} and {b}")
             }),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::guest::{Guest, PrintFn};
-use crate::sandbox::ProtoWasmSandbox;
+use crate::sandbox::{ModuleAbi, ProtoWasmSandbox};
 use crate::vm::layout::Sizes;
 use crate::vm::{CallLimits, Vm};
 
@@ -48,6 +48,7 @@ pub struct SandboxBuilder {
     max_cancel_wait: (Duration, &'static str),
     persistent: bool,
     print: Option<PrintFn>,
+    abi: ModuleAbi,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -60,6 +61,7 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("max_execution_time", &self.max_execution_time.0)
             .field("max_cancel_wait", &self.max_cancel_wait.0)
             .field("persistent", &self.persistent)
+            .field("abi", &self.abi)
             .field("print", &self.print.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -121,6 +123,7 @@ impl SandboxBuilder {
             ),
             persistent: false,
             print: None,
+            abi: ModuleAbi::default(),
         }
     }
 
@@ -181,12 +184,21 @@ impl SandboxBuilder {
     /// to stdout and stderr through WASI `fd_write`). By default it goes to
     /// the host process's stdout. Invalid UTF-8 in printed output is replaced
     /// with U+FFFD. Sandboxes built from clones of this builder share the
-    /// function, and call it one at a time.
+    /// function, and call it one at a time: it must not call into another
+    /// sandbox built from the same builder (that would wait for itself),
+    /// and a slow one holds up the others' output.
     pub fn with_host_print_fn(
         mut self,
         print: impl FnMut(&str) + Send + 'static,
     ) -> SandboxBuilder {
         self.print = Some(Arc::new(Mutex::new(print)));
+        self
+    }
+
+    /// Names the exports strings and buffers go through, for modules that
+    /// do not export `memory`, `malloc` and `free` (see [`ModuleAbi`]).
+    pub fn with_module_abi(mut self, abi: ModuleAbi) -> SandboxBuilder {
+        self.abi = abi;
         self
     }
 
@@ -237,11 +249,9 @@ impl SandboxBuilder {
         let print = self
             .print
             .unwrap_or_else(|| Arc::new(Mutex::new(print_to_stdout)));
-        Ok(ProtoWasmSandbox::new(Guest::new(
-            vm,
-            print,
-            self.persistent,
-        )))
+        let mut guest = Guest::new(vm, print, self.persistent);
+        guest.set_module_abi(self.abi.names().clone());
+        Ok(ProtoWasmSandbox::new(guest))
     }
 
     /// The checked time limits.

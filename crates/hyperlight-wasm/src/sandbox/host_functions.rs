@@ -1,4 +1,5 @@
-//! Host functions: Rust closures a module imports from module `env`.
+//! Host functions: Rust closures a module imports (from module `env`, or
+//! from the module they were registered in).
 //!
 //! [`HostFunction`] is implemented for every `FnMut` closure of up to 12
 //! parameters of [`HostParameterType`]s that returns a [`HostReturnType`]
@@ -96,15 +97,53 @@ fn signature_of<Args, Output, F: HostFunction<Args, Output>>(_: &F) -> (Vec<Valu
     F::signature()
 }
 
-/// The host functions of a sandbox, by name.
-pub(crate) type HostFunctions = BTreeMap<String, Registered>;
+/// What a module imports a host function as: module and name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) struct ImportName {
+    pub module: String,
+    pub name: String,
+}
+
+impl ImportName {
+    /// The module [`crate::ProtoWasmSandbox::register`] uses.
+    pub(crate) const ENV: &'static str = "env";
+
+    pub(crate) fn new(module: impl Into<String>, name: impl Into<String>) -> ImportName {
+        ImportName {
+            module: module.into(),
+            name: name.into(),
+        }
+    }
+
+    /// `name` in module `env`.
+    #[cfg(test)]
+    pub(crate) fn env(name: &str) -> ImportName {
+        ImportName::new(Self::ENV, name)
+    }
+}
+
+/// `name` for module `env` (as metric labels and errors have always named
+/// it), `module::name` otherwise.
+impl std::fmt::Display for ImportName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.module == Self::ENV {
+            f.write_str(&self.name)
+        } else {
+            write!(f, "{}::{}", self.module, self.name)
+        }
+    }
+}
+
+/// The host functions of a sandbox, by import name.
+pub(crate) type HostFunctions = BTreeMap<ImportName, Registered>;
 
 /// The signatures the guest needs to link a module.
 pub(crate) fn signatures(functions: &HostFunctions) -> Vec<HostFunctionSignature> {
     functions
         .iter()
-        .map(|(name, f)| HostFunctionSignature {
-            name: name.clone(),
+        .map(|(import, f)| HostFunctionSignature {
+            module: import.module.clone(),
+            name: import.name.clone(),
             params: f.params.clone(),
             returns: f.returns,
         })

@@ -165,6 +165,17 @@ impl LoadedWasmSandbox {
             .iter()
             .flat_map(|ty| ty.wasm_params().iter().copied())
             .collect();
+        if params.len() != export.params.len() {
+            return Err(Error::GuestFunctionParameterCountMismatch {
+                function: name.to_owned(),
+                message: format!(
+                    "the export takes {} wasm values; {} are passed as {}",
+                    export.params.len(),
+                    type_list(&P::types()),
+                    params.len()
+                ),
+            });
+        }
         if !same_shape(&params, &export.params) {
             return Err(Error::GuestFunctionParameterTypeMismatch {
                 function: name.to_owned(),
@@ -190,6 +201,50 @@ impl LoadedWasmSandbox {
             name: name.to_owned(),
             types: PhantomData,
         })
+    }
+
+    /// Copies `len` bytes at `offset` out of the module's memory (the
+    /// export [`crate::ModuleAbi`] names, `memory` by default), for modules
+    /// that leave their output there.
+    ///
+    /// With fresh state per call (the default) memory is as the last call
+    /// left it *before* its reset, i.e. the post-load state plus whatever
+    /// [`LoadedWasmSandbox::write_memory`] wrote since; in persistent mode,
+    /// as the last call left it. Reads larger than the output buffer are
+    /// split into as many requests as they need.
+    ///
+    /// # Errors
+    ///
+    /// [`crate::Error::BadGuestPointer`] when the range lies outside the
+    /// memory, [`crate::Error::MissingExport`] when the module exports no
+    /// such memory.
+    pub fn read_memory(&mut self, offset: u32, len: u32) -> Result<Vec<u8>> {
+        let _span = tracing::debug_span!("read_memory", offset, len).entered();
+        self.guest.read_memory(offset, len)
+    }
+
+    /// Writes `bytes` at `offset` into the module's memory, for modules
+    /// that take their input there.
+    ///
+    /// With fresh state per call (the default) the next call sees what was
+    /// written, and the reset after that call removes it (as it removes
+    /// everything the call changed); in persistent mode it stays. Writes
+    /// larger than the input buffer are split.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(sandbox: &mut hyperlight_wasm::LoadedWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// sandbox.write_memory(1024, b"input")?;
+    /// let sum: i32 = sandbox.call_guest_function("checksum", (1024, 5))?;
+    /// # let _ = sum; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadedWasmSandbox::read_memory`].
+    pub fn write_memory(&mut self, offset: u32, bytes: &[u8]) -> Result<()> {
+        let _span = tracing::debug_span!("write_memory", offset, len = bytes.len()).entered();
+        self.guest.write_memory(offset, bytes)
     }
 
     /// Whether an earlier failure of the host's own machinery (KVM, the OS,

@@ -4,6 +4,7 @@
 mod builder;
 pub(crate) mod host_functions;
 mod loaded;
+mod module_abi;
 mod params;
 mod proto;
 mod snapshot;
@@ -13,6 +14,7 @@ mod wasm;
 pub use builder::SandboxBuilder;
 pub use host_functions::HostFunction;
 pub use loaded::{LoadedWasmSandbox, TypedGuestFunction};
+pub use module_abi::ModuleAbi;
 pub use params::{
     HostParameterType, HostReturnType, ParameterTuple, SupportedParameterType, SupportedReturnType,
 };

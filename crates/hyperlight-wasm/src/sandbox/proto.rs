@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::guest::Guest;
 use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::WasmSandbox;
-use crate::sandbox::host_functions::{HostFunction, Registered};
+use crate::sandbox::host_functions::{HostFunction, ImportName, Registered};
 
 /// A sandbox created by [`crate::SandboxBuilder::build`]: its VM and memory
 /// exist, its guest has not run yet.
@@ -50,12 +50,39 @@ impl ProtoWasmSandbox {
         name: impl Into<String>,
         function: impl HostFunction<Args, Output>,
     ) -> Result<()> {
-        let name = name.into();
+        self.register_in(ImportName::ENV, name, function)
+    }
+
+    /// Registers a host function that modules import from module `module`
+    /// under `name`: for modules that import from `"emscripten"`, `"host"`
+    /// or the spec suite's `"spectest"`. [`ProtoWasmSandbox::register`] is
+    /// `register_in("env", ..)`.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(mut proto: hyperlight_wasm::ProtoWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// proto.register_in("spectest", "print_i32", |x: i32| println!("{x}"))?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostFunctionAlreadyRegistered`] if `module` already has a
+    /// function `name` (named `module::name` unless `module` is `env`).
+    pub fn register_in<Args, Output>(
+        &mut self,
+        module: impl Into<String>,
+        name: impl Into<String>,
+        function: impl HostFunction<Args, Output>,
+    ) -> Result<()> {
+        let import = ImportName::new(module, name);
         let functions = self.guest.host_functions_mut();
-        if functions.contains_key(&name) {
-            return Err(Error::HostFunctionAlreadyRegistered { name });
+        if functions.contains_key(&import) {
+            return Err(Error::HostFunctionAlreadyRegistered {
+                name: import.to_string(),
+            });
         }
-        functions.insert(name, Registered::new(function));
+        functions.insert(import, Registered::new(function));
         Ok(())
     }
 

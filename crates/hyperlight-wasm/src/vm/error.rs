@@ -2,16 +2,22 @@
 //! [`crate::Error`], in one place.
 //!
 //! Three kinds, because each asks for something else of the layer above:
-//! - [`VmError`]: the host's machinery failed (KVM, the OS, a broken
-//!   invariant of ours). The VM can no longer be trusted: poison.
+//! - [`VmError`]: the host's machinery failed or refused (KVM, the OS, a
+//!   broken invariant of ours, a setting that cannot work). Those that
+//!   strike a VM in use (KVM, the OS, `Internal`) poison it; those that
+//!   strike before anything ran (no `/dev/kvm`, a bad layout, no watchdog,
+//!   a signal in use, a mismatched snapshot) leave it as it was.
 //! - [`GuestFault`]: the guest did something the protocol does not allow (a
 //!   CPU exception, a triple fault, an exit we do not serve). Its state is
 //!   unknown: restore it from a snapshot.
 //! - [`RunError`]: what running the vCPU can end in: one of those two, or
 //!   a cancellation (also a restore).
 //!
-//! `Error::aftermath` decides restore-or-poison from the public variant,
-//! and every variant these convert into has exactly one kind.
+//! `Error::aftermath` decides from the public variant, and every variant
+//! these convert into has exactly one aftermath. A failure in the middle of
+//! the host's own work on the VM (mapping an image, restoring, taking a
+//! snapshot) poisons the sandbox whatever its kind: the VM is half-way
+//! between two states (`Guest::poison_on_error`).
 
 use crate::error::{CancelReason, Error, GuestException};
 
@@ -63,6 +69,10 @@ pub(crate) enum VmError {
     /// memory).
     #[error("{0}")]
     Internal(String),
+    /// What the guest did broke the host's own work on the VM (say, KVM
+    /// had to leave `KVM_RUN` again while the host completed an exit).
+    #[error(transparent)]
+    Guest(GuestFault),
 }
 
 impl VmError {
@@ -139,6 +149,7 @@ impl From<VmError> for Error {
             VmError::SignalInUse(signal) => Error::InterruptSignalInUse { signal },
             VmError::SnapshotMismatch => Error::SnapshotMismatch,
             VmError::Internal(reason) => Error::Internal { reason },
+            VmError::Guest(fault) => fault.into(),
         }
     }
 }

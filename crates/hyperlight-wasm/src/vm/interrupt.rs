@@ -64,6 +64,8 @@ struct Slot {
 pub(crate) struct Shared {
     slot: Mutex<Slot>,
     ended: Condvar,
+    /// Wakes a host-side sleep of the running call when it is cancelled.
+    woken: Condvar,
     /// Why the current call must stop ([`NOT_CANCELLED`] if it need not).
     cancel: AtomicU8,
     /// Whether the vCPU thread is in (or about to enter) `KVM_RUN`: only
@@ -112,6 +114,21 @@ impl InterruptHandle {
     }
 }
 
+impl InterruptHandle {
+    /// Sleeps for `duration` on behalf of the running call, or until it is
+    /// cancelled (by `kill()` or its time limit); returns whether it was.
+    pub(crate) fn sleep(&self, duration: Duration) -> bool {
+        let cancelled = || self.shared.cancel.load(Ordering::SeqCst) != NOT_CANCELLED;
+        let slot = self.shared.lock();
+        let _slot = self
+            .shared
+            .woken
+            .wait_timeout_while(slot, duration, |_| !cancelled())
+            .unwrap_or_else(|e| e.into_inner());
+        cancelled()
+    }
+}
+
 impl Shared {
     /// Requests cancellation of the running call (of `generation`, if
     /// given); returns the generation it applied to.
@@ -123,6 +140,9 @@ impl Shared {
         let _ =
             self.cancel
                 .compare_exchange(NOT_CANCELLED, reason, Ordering::SeqCst, Ordering::SeqCst);
+        // A call sleeping on the host (WASI `poll_oneoff`) wakes up; it
+        // checks `cancel` under the lock we hold, so no wakeup is lost.
+        self.woken.notify_all();
         // SAFETY: the call is running (checked under the lock, which `end`
         // needs before the call can return), so the vCPU's kvm_run mapping
         // is alive; the byte is only accessed atomically.
@@ -192,6 +212,7 @@ impl Interrupts {
                     tid: 0,
                 }),
                 ended: Condvar::new(),
+                woken: Condvar::new(),
                 cancel: AtomicU8::new(NOT_CANCELLED),
                 in_guest: AtomicBool::new(false),
                 immediate_exit,
@@ -533,6 +554,24 @@ mod tests {
     }
 
     #[test]
+    fn a_host_side_sleep_ends_when_the_call_is_cancelled() {
+        let mut byte = 0u8;
+        let mut interrupts = interrupts(&mut byte, Duration::from_secs(60));
+        let handle = interrupts.handle();
+        interrupts.start(false).unwrap();
+        assert!(!handle.sleep(Duration::from_micros(10)), "not cancelled");
+        // Cancelled from another thread while it sleeps (or before: the
+        // sleep then returns at once). Only the kill can end an hour.
+        let killer = {
+            let handle = handle.clone();
+            std::thread::spawn(move || handle.kill())
+        };
+        assert!(handle.sleep(Duration::from_secs(3600)));
+        killer.join().unwrap();
+        interrupts.end();
+    }
+
+    #[test]
     fn a_deadline_of_an_earlier_call_does_not_stop_a_later_one() {
         let mut byte = 0u8;
         let mut interrupts = interrupts(&mut byte, Duration::from_secs(60));
@@ -551,10 +590,12 @@ mod tests {
         let limit = Duration::from_millis(20);
         let mut interrupts = interrupts(&mut byte, limit);
         interrupts.start(false).unwrap();
-        // Wait for the watchdog's verdict (it comes after `limit`).
+        // Wait for the watchdog's verdict (it comes after `limit`); a
+        // watchdog that never comes fails the test instead of hanging it.
+        let give_up = Instant::now() + Duration::from_secs(120);
         let result = loop {
             match interrupts.check() {
-                Ok(()) => std::thread::yield_now(),
+                Ok(()) if Instant::now() < give_up => std::thread::yield_now(),
                 other => break other,
             }
         };

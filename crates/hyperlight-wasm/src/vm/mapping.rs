@@ -93,7 +93,7 @@ impl Mapping {
     /// refuses. A failed `MAP_FIXED` may have unmapped the range: callers
     /// must map something over it again before they return.
     pub(crate) fn replace(
-        &self,
+        &mut self,
         offset: usize,
         len: usize,
         with: Backing<'_>,
@@ -113,9 +113,10 @@ impl Mapping {
             Backing::Inaccessible => (libc::PROT_NONE, fixed | libc::MAP_ANONYMOUS, -1, 0),
         };
         // SAFETY: the range lies inside our own mapping (checked above),
-        // which MAP_FIXED replaces in place; the callers hold it exclusively
-        // (guest memory: the vCPU is not running; KVM follows the change
-        // through its MMU notifier).
+        // which MAP_FIXED replaces in place; `&mut self` means no reference
+        // into it is alive on our side (guest memory: the vCPU is not
+        // running either, since it only runs under `&mut` of its VM; KVM
+        // follows the change through its MMU notifier).
         let ptr = unsafe {
             libc::mmap(
                 self.ptr.as_ptr().add(offset).cast(),
@@ -155,7 +156,7 @@ mod tests {
 
     #[test]
     fn replacements_stay_inside_the_mapping() {
-        let mapping = Mapping::anonymous(0x4000).unwrap();
+        let mut mapping = Mapping::anonymous(0x4000).unwrap();
         assert!(mapping.replace(0x1000, 0x1000, Backing::Zeros).is_ok());
         assert!(mapping.replace(0x3000, 0x2000, Backing::Zeros).is_err());
         assert!(mapping.replace(usize::MAX, 2, Backing::Zeros).is_err());

@@ -143,7 +143,8 @@ impl GuestMemory {
         image: BorrowedFd<'_>,
         runs: &[(usize, usize)],
     ) -> Result<(), VmError> {
-        let result = self.map_fixed(0, self.size, Backing::Zeros).and_then(|()| {
+        let size = self.size;
+        let result = self.map_fixed(0, size, Backing::Zeros).and_then(|()| {
             runs.iter().try_for_each(|&(first, pages)| {
                 match (first.checked_mul(PAGE), pages.checked_mul(PAGE)) {
                     (Some(offset), Some(len)) => self.map_fixed(offset, len, Backing::File(image)),
@@ -183,7 +184,7 @@ impl GuestMemory {
 
     /// Maps `len` bytes at `offset` of guest memory in place (see
     /// [`Mapping::replace`]).
-    fn map_fixed(&self, offset: usize, len: usize, with: Backing<'_>) -> std::io::Result<()> {
+    fn map_fixed(&mut self, offset: usize, len: usize, with: Backing<'_>) -> std::io::Result<()> {
         #[cfg(test)]
         if self.fail_maps.get() > 0 {
             self.fail_maps.set(self.fail_maps.get() - 1);

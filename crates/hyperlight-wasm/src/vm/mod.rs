@@ -47,7 +47,7 @@ use kvm_bindings::{
 use kvm_ioctls::{Cap, VcpuFd, VmFd};
 
 use self::elf::GuestImage;
-use self::error::{RunError, VmError};
+use self::error::{GuestFault, RunError, VmError};
 use self::exits::ExitContext;
 pub(crate) use self::exits::{Exit, GuestExit};
 use self::images::ImageKey;
@@ -297,12 +297,16 @@ impl Vm {
                 operation: "KVM_RUN (completing the last exit)",
                 source: std::io::Error::from_raw_os_error(errno),
             }),
-            // A host-side invariant: with `immediate_exit` set, KVM returns
-            // before it runs guest code.
-            Ok(()) => Err(VmError::Internal(format!(
-                "KVM ran the guest to a {:?} exit while completing the last exit",
-                self.run.exit()
-            ))),
+            // KVM had more of the last exit's emulation to do than one
+            // entry finishes (a long string I/O the guest started): the
+            // guest's doing, reported as its fault.
+            Ok(()) => Err(VmError::Guest(GuestFault::UnexpectedExit {
+                exit: format!(
+                    "{:?} while completing the last exit (string I/O the protocol does not use)",
+                    self.run.exit()
+                ),
+                rip: self.vcpu.get_regs().map(|regs| regs.rip).unwrap_or(0),
+            })),
         }
     }
 
@@ -429,7 +433,6 @@ mod tests {
 
     use hyperlight_wasm_protocol::port::Port;
 
-    use super::error::GuestFault;
     use super::testing::{RawGuest, layout};
     use super::*;
     use crate::error::{FaultCause, GuestException};

@@ -82,7 +82,7 @@ fn typed_functions_that_do_not_fit_are_refused_before_any_call() {
     ));
     assert!(matches!(
         sandbox.typed_function::<i32, i32>("add"),
-        Err(Error::GuestFunctionParameterTypeMismatch { .. })
+        Err(Error::GuestFunctionParameterCountMismatch { .. })
     ));
     assert!(matches!(
         sandbox.typed_function::<(i32, i32), f64>("add"),

@@ -2,6 +2,7 @@
 //! API. They fail (never skip) when `/dev/kvm` is unusable.
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
+mod abis;
 mod api;
 mod common;
 mod errors;
@@ -14,3 +15,4 @@ mod lifecycle;
 mod samples;
 mod strings;
 mod values;
+mod wasi;
