@@ -300,23 +300,12 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             }
             // WASI's count is 32 bits: saturate (a wasm32 module cannot use more).
             let written = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-            print(&bytes)?;
+            print(&bytes, fd == 2)?;
             Ok(errno(write_at(
                 &mut caller,
                 nwritten,
                 &written.to_le_bytes(),
             )))
-        },
-    )?;
-    linker.func_wrap(
-        WASI,
-        "fd_read",
-        |mut caller: Caller<'_, Limits>, fd: i32, _iovs: i32, _len: i32, nread: i32| -> i32 {
-            // stdin is empty; stdout and stderr have no fd_read right.
-            if fd != 0 {
-                return on_fd(fd, ENOTCAPABLE);
-            }
-            errno(write_at(&mut caller, nread, &0u32.to_le_bytes()))
         },
     )?;
     linker.func_wrap(WASI, "fd_close", |fd: i32| -> i32 {
@@ -358,23 +347,7 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
         "fd_prestat_dir_name",
         |_fd: i32, _path: i32, _len: i32| -> i32 { EBADF },
     )?;
-    for (list, sizes) in [
-        ("environ_get", "environ_sizes_get"),
-        ("args_get", "args_sizes_get"),
-    ] {
-        // Empty environment and argument list.
-        linker.func_wrap(WASI, list, |_ptrs: i32, _buf: i32| -> i32 { ESUCCESS })?;
-        linker.func_wrap(
-            WASI,
-            sizes,
-            |mut caller: Caller<'_, Limits>, count: i32, size: i32| -> i32 {
-                errno(
-                    write_at(&mut caller, count, &0u32.to_le_bytes())
-                        .and_then(|()| write_at(&mut caller, size, &0u32.to_le_bytes())),
-                )
-            },
-        )?;
-    }
+    crate::config::define(linker)?;
     linker.func_wrap(
         WASI,
         "clock_time_get",
@@ -464,7 +437,7 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
 /// Sends text the module wrote to stdout or stderr to the host's print
 /// function, in pieces that fit the output buffer. Invalid UTF-8 is
 /// replaced with U+FFFD: printing is diagnostics, not data.
-fn print(bytes: &[u8]) -> wasmtime::Result<()> {
+fn print(bytes: &[u8], stderr: bool) -> wasmtime::Result<()> {
     let text = String::from_utf8_lossy(bytes);
     let mut rest: &str = &text;
     let limit = host::transfer_limit().max(4);
@@ -476,6 +449,7 @@ fn print(bytes: &[u8]) -> wasmtime::Result<()> {
         let (piece, tail) = rest.split_at(cut);
         match ask_host(&OutCall::Print {
             text: piece.to_owned(),
+            stderr,
         })? {
             OutCallReply::Done => {}
             OutCallReply::Failed(message) => {

@@ -262,6 +262,8 @@ pub enum OutCall {
     Print {
         /// The text.
         text: String,
+        /// Whether it went to stderr (else stdout).
+        stderr: bool,
     },
     /// Read a clock: nanoseconds since the Unix epoch (`realtime`) or since
     /// an arbitrary fixed point (otherwise).
@@ -281,6 +283,17 @@ pub enum OutCall {
         /// How long.
         ns: u64,
     },
+    /// The WASI argument list: answered with [`OutCallReply::Strings`].
+    Args,
+    /// The WASI environment, as `KEY=VALUE` strings: answered with
+    /// [`OutCallReply::Strings`].
+    Environ,
+    /// Up to `max` bytes of stdin: answered with [`OutCallReply::Bytes`]
+    /// (empty at its end).
+    ReadStdin {
+        /// At most this many (at most what the input buffer carries).
+        max: u32,
+    },
 }
 
 /// The host's answer to an [`OutCall`], in the input buffer.
@@ -296,6 +309,10 @@ pub enum OutCallReply {
     Time(u64),
     /// Random bytes.
     Random(Vec<u8>),
+    /// A list of strings.
+    Strings(Vec<String>),
+    /// Bytes of a stream.
+    Bytes(Vec<u8>),
 }
 
 /// Why the guest stopped for good, in the output buffer at

@@ -365,7 +365,7 @@ mod proptests {
         /// Other out-calls are not mistaken for host calls.
         #[test]
         fn other_out_calls_have_no_call_host_head(len in any::<u32>(), text in ".{0,8}") {
-            for call in [OutCall::Random { len }, OutCall::Print { text: text.clone() }] {
+            for call in [OutCall::Random { len }, OutCall::Print { text: text.clone(), stderr: false }] {
                 let framed = encode_to_vec(&call).unwrap();
                 prop_assert_eq!(decode_call_host_head(&framed[HEADER_LEN..]).unwrap(), None);
             }

@@ -104,12 +104,16 @@ fn out_calls() {
         (
             OutCall::Print {
                 text: String::from("p"),
+                stderr: true,
             },
-            &[2, 1, b'p'],
+            &[2, 1, b'p', 1],
         ),
         (OutCall::Clock { realtime: true }, &[3, 1]),
         (OutCall::Random { len: 4 }, &[4, 4]),
         (OutCall::Sleep { ns: 5 }, &[5, 5]),
+        (OutCall::Args, &[6]),
+        (OutCall::Environ, &[7]),
+        (OutCall::ReadStdin { max: 8 }, &[8, 8]),
     ]);
 }
 
@@ -121,6 +125,11 @@ fn out_call_replies() {
         (OutCallReply::Failed(String::from("e")), &[2, 1, b'e']),
         (OutCallReply::Time(300), &[3, 0xac, 0x02]),
         (OutCallReply::Random(vec![9]), &[4, 1, 9]),
+        (
+            OutCallReply::Strings(vec![String::from("s")]),
+            &[5, 1, 1, b's'],
+        ),
+        (OutCallReply::Bytes(vec![7]), &[6, 1, 7]),
     ]);
 }
 

@@ -27,6 +27,9 @@ pub(crate) fn makes_state_private(call: &OutCall) -> bool {
         OutCall::ArtifactBuffer { .. } | OutCall::Sleep { .. } => false,
         OutCall::CallHost { .. }
         | OutCall::Print { .. }
+        | OutCall::Args
+        | OutCall::Environ
+        | OutCall::ReadStdin { .. }
         | OutCall::Clock { .. }
         | OutCall::Random { .. } => true,
     }
@@ -75,7 +78,11 @@ mod tests {
             },
             OutCall::Print {
                 text: String::new(),
+                stderr: false,
             },
+            OutCall::Args,
+            OutCall::Environ,
+            OutCall::ReadStdin { max: 1 },
             OutCall::Clock { realtime: false },
             OutCall::Random { len: 1 },
         ] {

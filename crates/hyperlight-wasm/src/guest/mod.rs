@@ -118,6 +118,11 @@ impl Guest {
         }
     }
 
+    /// Grants the WASI configuration `wasi`.
+    pub(crate) fn set_wasi(&mut self, wasi: &crate::sandbox::WasiConfig) {
+        self.services.set_wasi(outcalls::WasiState::new(wasi));
+    }
+
     /// Names the exports the next module's strings and buffers go through.
     pub(crate) fn set_module_abi(&mut self, abi: ModuleAbi) {
         self.abi = abi;
@@ -292,6 +297,8 @@ impl Guest {
             })?;
             match guest.run_to_done(None)? {
                 Response::Returned(value) if value.ty() == returns => Ok(value),
+                // A WASI command that exits with 0 succeeded.
+                Response::Exited { code: 0 } if returns == ValueType::Void => Ok(Value::Void),
                 other => {
                     Err(guest.unexpected_response("the function's result", other, Some(function)))
                 }

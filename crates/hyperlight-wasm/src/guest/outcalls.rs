@@ -17,10 +17,33 @@ use hyperlight_wasm_protocol::wire;
 use super::errors::{panic_message, unexpected};
 use crate::error::{self, Error, ProtocolError, Result};
 use crate::sandbox::host_functions::{HostFunctions, ImportName};
+use crate::sandbox::{OutputStream, WasiConfig};
 
-/// Receives what the module prints. Shared by every sandbox built from one
-/// [`crate::SandboxBuilder`] (and its clones); calls are serialized.
-pub(crate) type PrintFn = Arc<Mutex<dyn FnMut(&str) + Send>>;
+/// Receives what the module prints, and from which output. Shared by every
+/// sandbox built from one [`crate::SandboxBuilder`] (and its clones); calls
+/// are serialized.
+pub(crate) type PrintFn = Arc<Mutex<dyn FnMut(OutputStream, &str) + Send>>;
+
+/// The WASI configuration a sandbox grants, and how far stdin was read.
+#[derive(Debug, Default)]
+pub(crate) struct WasiState {
+    args: Vec<String>,
+    /// `KEY=VALUE`.
+    environ: Vec<String>,
+    stdin: Vec<u8>,
+    stdin_read: usize,
+}
+
+impl WasiState {
+    pub(crate) fn new(config: &WasiConfig) -> WasiState {
+        WasiState {
+            args: config.args.clone(),
+            environ: config.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            stdin: config.stdin.clone(),
+            stdin_read: 0,
+        }
+    }
+}
 
 /// Sleeps for a guest (WASI `poll_oneoff`) unless its call is cancelled
 /// first; returns whether it was.
@@ -31,6 +54,7 @@ pub(crate) struct HostServices {
     functions: HostFunctions,
     print: PrintFn,
     sleep: SleepFn,
+    wasi: WasiState,
     /// The error of the host function (or print function) that failed
     /// during the current request, reported when the guest call fails
     /// because of it.
@@ -52,8 +76,14 @@ impl HostServices {
             functions: HostFunctions::new(),
             print,
             sleep,
+            wasi: WasiState::default(),
             failure: None,
         }
+    }
+
+    /// Grants the WASI configuration `wasi`.
+    pub(crate) fn set_wasi(&mut self, wasi: WasiState) {
+        self.wasi = wasi;
     }
 
     /// The host functions modules may import.
@@ -155,7 +185,26 @@ impl HostServices {
                 function,
                 args,
             } => self.call_host(ImportName::new(module, function), args),
-            OutCall::Print { text } => Ok(self.print(&text)),
+            OutCall::Print { text, stderr } => {
+                let stream = if stderr {
+                    OutputStream::Stderr
+                } else {
+                    OutputStream::Stdout
+                };
+                Ok(self.print(stream, &text))
+            }
+            OutCall::Args => Ok(OutCallReply::Strings(self.wasi.args.clone())),
+            OutCall::Environ => Ok(OutCallReply::Strings(self.wasi.environ.clone())),
+            OutCall::ReadStdin { max } => {
+                // The reply must fit the input buffer.
+                let room = usize::try_from(reply_capacity.saturating_sub(64)).unwrap_or(0);
+                let wasi = &mut self.wasi;
+                let left = wasi.stdin.len() - wasi.stdin_read;
+                let n = left.min(max as usize).min(room);
+                let bytes = wasi.stdin[wasi.stdin_read..wasi.stdin_read + n].to_vec();
+                wasi.stdin_read += n;
+                Ok(OutCallReply::Bytes(bytes))
+            }
             OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
             OutCall::Random { len } => {
                 // The reply must fit the input buffer.
@@ -178,13 +227,13 @@ impl HostServices {
         }
     }
 
-    fn print(&mut self, text: &str) -> OutCallReply {
+    fn print(&mut self, stream: OutputStream, text: &str) -> OutCallReply {
         let print = &self.print;
         let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             // A print function that panicked before leaves the lock
             // poisoned; it is called again all the same.
             let mut print = print.lock().unwrap_or_else(|e| e.into_inner());
-            print(text);
+            print(stream, text);
         }));
         match outcome {
             Ok(()) => OutCallReply::Done,
@@ -286,8 +335,8 @@ mod tests {
     fn services() -> (HostServices, Arc<Mutex<Vec<String>>>) {
         let printed = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&printed);
-        let print: PrintFn = Arc::new(Mutex::new(move |text: &str| {
-            sink.lock().unwrap().push(text.to_owned());
+        let print: PrintFn = Arc::new(Mutex::new(move |stream: OutputStream, text: &str| {
+            sink.lock().unwrap().push(format!("{stream:?}: {text}"));
         }));
         let mut services = HostServices::new(print, Box::new(|_| false));
         services.functions_mut().insert(
@@ -415,11 +464,21 @@ mod tests {
         let reply = services.serve(
             OutCall::Print {
                 text: String::from("hello"),
+                stderr: false,
             },
             4096,
         );
         assert_eq!(reply.unwrap(), OutCallReply::Done);
-        assert_eq!(*printed.lock().unwrap(), ["hello"]);
+        assert_eq!(*printed.lock().unwrap(), ["Stdout: hello"]);
+        let reply = services.serve(
+            OutCall::Print {
+                text: String::from("oops"),
+                stderr: true,
+            },
+            4096,
+        );
+        assert_eq!(reply.unwrap(), OutCallReply::Done);
+        assert_eq!(printed.lock().unwrap()[1], "Stderr: oops");
         assert!(matches!(
             services.serve(OutCall::Clock { realtime: true }, 4096),
             Ok(OutCallReply::Time(t)) if t > 1_600_000_000 * 1_000_000_000
@@ -435,7 +494,7 @@ mod tests {
         let slept = Arc::new(Mutex::new(Vec::new()));
         let seen = Arc::clone(&slept);
         let mut sleeper = HostServices::new(
-            Arc::new(Mutex::new(|_: &str| {})),
+            Arc::new(Mutex::new(|_: OutputStream, _: &str| {})),
             Box::new(move |d| {
                 seen.lock().unwrap().push(d);
                 true
@@ -459,7 +518,7 @@ mod tests {
     fn a_panicking_print_function_fails_the_call_and_stays_callable() {
         let calls = Arc::new(Mutex::new(0));
         let counter = Arc::clone(&calls);
-        let print: PrintFn = Arc::new(Mutex::new(move |_: &str| {
+        let print: PrintFn = Arc::new(Mutex::new(move |_: OutputStream, _: &str| {
             *counter.lock().unwrap() += 1;
             panic!("print panics");
         }));
@@ -468,6 +527,7 @@ mod tests {
             let reply = services.serve(
                 OutCall::Print {
                     text: String::from("x"),
+                    stderr: false,
                 },
                 4096,
             );
@@ -478,5 +538,39 @@ mod tests {
             ));
         }
         assert_eq!(*calls.lock().unwrap(), 2);
+    }
+
+    #[test]
+    fn args_environment_and_stdin_are_served_as_configured() {
+        let (mut services, _) = services();
+        services.set_wasi(WasiState::new(
+            &WasiConfig::new()
+                .args(["prog", "-v"])
+                .env("A", "1")
+                .env("B", "2")
+                .env("A", "3")
+                .stdin(b"0123456789".to_vec()),
+        ));
+        assert_eq!(
+            services.serve(OutCall::Args, 4096).unwrap(),
+            OutCallReply::Strings(vec![String::from("prog"), String::from("-v")])
+        );
+        assert_eq!(
+            services.serve(OutCall::Environ, 4096).unwrap(),
+            OutCallReply::Strings(vec![String::from("B=2"), String::from("A=3")])
+        );
+        // Stdin in pieces of what was asked, bounded by the reply buffer,
+        // then its end.
+        let read = |services: &mut HostServices, max, capacity| match services
+            .serve(OutCall::ReadStdin { max }, capacity)
+            .unwrap()
+        {
+            OutCallReply::Bytes(bytes) => bytes,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(read(&mut services, 4, 4096), b"0123");
+        assert_eq!(read(&mut services, 100, 64 + 3), b"456");
+        assert_eq!(read(&mut services, 100, 4096), b"789");
+        assert!(read(&mut services, 100, 4096).is_empty());
     }
 }

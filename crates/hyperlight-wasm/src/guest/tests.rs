@@ -79,7 +79,9 @@ fn sandboxes_of_one_configuration_share_their_images() {
 
 /// A print function that drops what it is given.
 fn quiet() -> PrintFn {
-    Arc::new(std::sync::Mutex::new(|_: &str| {}))
+    Arc::new(std::sync::Mutex::new(
+        |_: crate::sandbox::OutputStream, _: &str| {},
+    ))
 }
 
 fn guest(raw: RawGuest) -> Guest {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::guest::{Guest, PrintFn};
-use crate::sandbox::{ModuleAbi, ProtoWasmSandbox};
+use crate::sandbox::{ModuleAbi, OutputStream, ProtoWasmSandbox, WasiConfig};
 use crate::vm::layout::Sizes;
 use crate::vm::{CallLimits, Vm};
 
@@ -49,6 +49,7 @@ pub struct SandboxBuilder {
     persistent: bool,
     print: Option<PrintFn>,
     abi: ModuleAbi,
+    wasi: WasiConfig,
 }
 
 impl std::fmt::Debug for SandboxBuilder {
@@ -62,6 +63,7 @@ impl std::fmt::Debug for SandboxBuilder {
             .field("max_cancel_wait", &self.max_cancel_wait.0)
             .field("persistent", &self.persistent)
             .field("abi", &self.abi)
+            .field("wasi", &self.wasi)
             .field("print", &self.print.as_ref().map(|_| "custom"))
             .finish()
     }
@@ -124,6 +126,7 @@ impl SandboxBuilder {
             persistent: false,
             print: None,
             abi: ModuleAbi::default(),
+            wasi: WasiConfig::default(),
         }
     }
 
@@ -181,17 +184,36 @@ impl SandboxBuilder {
     }
 
     /// Sets the function that receives what the module prints (its writes
-    /// to stdout and stderr through WASI `fd_write`). By default it goes to
-    /// the host process's stdout. Invalid UTF-8 in printed output is replaced
+    /// to stdout and stderr through WASI `fd_write`). By default stdout goes to
+    /// the host process's stdout and stderr to its stderr. Invalid UTF-8 in printed output is replaced
     /// with U+FFFD. Sandboxes built from clones of this builder share the
     /// function, and call it one at a time: it must not call into another
     /// sandbox built from the same builder (that would wait for itself),
     /// and a slow one holds up the others' output.
     pub fn with_host_print_fn(
         mut self,
-        print: impl FnMut(&str) + Send + 'static,
+        mut print: impl FnMut(&str) + Send + 'static,
     ) -> SandboxBuilder {
-        self.print = Some(Arc::new(Mutex::new(print)));
+        self.print = Some(Arc::new(Mutex::new(move |_: OutputStream, text: &str| {
+            print(text);
+        })));
+        self
+    }
+
+    /// [`Self::with_host_print_fn`] for a function that tells stdout from
+    /// stderr.
+    pub fn with_host_output_fn(
+        mut self,
+        output: impl FnMut(OutputStream, &str) + Send + 'static,
+    ) -> SandboxBuilder {
+        self.print = Some(Arc::new(Mutex::new(output)));
+        self
+    }
+
+    /// Grants a WASI module arguments, environment variables and stdin
+    /// (see [`WasiConfig`]; by default none of them).
+    pub fn with_wasi(mut self, wasi: WasiConfig) -> SandboxBuilder {
+        self.wasi = wasi;
         self
     }
 
@@ -249,8 +271,10 @@ impl SandboxBuilder {
         let print = self
             .print
             .unwrap_or_else(|| Arc::new(Mutex::new(print_to_stdout)));
+        let wasi = self.wasi.clone();
         let mut guest = Guest::new(vm, print, self.persistent);
         guest.set_module_abi(self.abi.names().clone());
+        guest.set_wasi(&wasi);
         Ok(ProtoWasmSandbox::new(guest))
     }
 
@@ -311,11 +335,20 @@ impl SandboxBuilder {
     }
 }
 
-fn print_to_stdout(text: &str) {
-    let mut out = std::io::stdout().lock();
+/// The default: the module's stdout to the host's stdout, its stderr to
+/// the host's stderr.
+fn print_to_stdout(stream: OutputStream, text: &str) {
     // Printing is best effort: a closed stdout must not fail guest calls.
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
+    let _ = match stream {
+        OutputStream::Stderr => {
+            let mut out = std::io::stderr().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+        _ => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        }
+    };
 }
 
 const EXECUTION_TIME_MILLIS: &str = "with_guest_function_call_max_execution_time_millis";
@@ -457,7 +490,7 @@ mod tests {
         assert_eq!(builder.sizes().unwrap().heap, 8 * MIB);
         for b in [&builder, &clone] {
             let print = b.print.as_ref().unwrap();
-            (print.lock().unwrap())("x");
+            (print.lock().unwrap())(OutputStream::Stdout, "x");
         }
         assert_eq!(*printed.lock().unwrap(), ["x", "x"]);
     }

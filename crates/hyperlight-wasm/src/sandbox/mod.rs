@@ -9,6 +9,7 @@ mod params;
 mod proto;
 mod snapshot;
 mod values;
+mod wasi;
 mod wasm;
 
 pub use builder::SandboxBuilder;
@@ -21,4 +22,5 @@ pub use params::{
 pub use proto::ProtoWasmSandbox;
 pub use snapshot::Snapshot;
 pub use values::{ParameterValue, ReturnType, ReturnValue};
+pub use wasi::{OutputStream, WasiConfig};
 pub use wasm::WasmSandbox;

@@ -383,3 +383,86 @@ fn a_long_sleep_is_cut_by_kill() {
     }
     killer.join().unwrap();
 }
+
+/// Runs the C command fixture with `config`; its output by stream.
+fn run_command(
+    config: hyperlight_wasm::WasiConfig,
+) -> (hyperlight_wasm::Result<()>, String, String) {
+    crate::common::require_kvm();
+    let out = std::sync::Arc::new(std::sync::Mutex::new((String::new(), String::new())));
+    let sink = std::sync::Arc::clone(&out);
+    let mut sandbox = hyperlight_wasm::SandboxBuilder::new()
+        .with_wasi(config)
+        .with_host_output_fn(move |stream, text| {
+            let mut out = sink.lock().unwrap();
+            match stream {
+                hyperlight_wasm::OutputStream::Stderr => out.1.push_str(text),
+                _ => out.0.push_str(text),
+            }
+        })
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(crate::fixtures::c_command())
+        .unwrap();
+    let result = sandbox.call_guest_function::<()>("_start", ());
+    let (stdout, stderr) = out.lock().unwrap().clone();
+    (result, stdout, stderr)
+}
+
+#[test]
+fn a_command_sees_exactly_the_arguments_environment_and_stdin_granted() {
+    // Something the host process has, which the module must not see.
+    assert!(std::env::var_os("HOME").is_some() || std::env::var_os("PATH").is_some());
+    let config = hyperlight_wasm::WasiConfig::new()
+        .args(["command.wasm", "0", "two words"])
+        .env("GREETING", "hello there")
+        .stdin(b"line one\nline two".to_vec());
+    let (result, stdout, stderr) = run_command(config);
+    result.unwrap();
+    assert_eq!(
+        stdout,
+        "argc=3\nargv[0]=command.wasm\nargv[1]=0\nargv[2]=two words\n\
+         GREETING=hello there\nHOME=(unset)\nline one\nline two\nstdin: 17 bytes\n"
+    );
+    assert_eq!(stderr, "to stderr\n");
+}
+
+#[test]
+fn a_command_without_a_grant_sees_nothing_and_reads_end_of_file() {
+    let (result, stdout, _) = run_command(hyperlight_wasm::WasiConfig::new());
+    result.unwrap();
+    assert_eq!(
+        stdout,
+        "argc=0\nGREETING=(unset)\nHOME=(unset)\n\nstdin: 0 bytes\n"
+    );
+}
+
+#[test]
+fn a_command_exit_code_other_than_zero_is_an_error_with_it() {
+    let (result, _, _) = run_command(hyperlight_wasm::WasiConfig::new().args(["c", "7"]));
+    match result {
+        Err(Error::GuestExited { code }) => assert_eq!(code, 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn stdin_larger_than_the_buffers_arrives_whole() {
+    crate::common::require_kvm();
+    let input: Vec<u8> = (0..200_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let config = hyperlight_wasm::WasiConfig::new().stdin(input.clone());
+    let (result, stdout, _) = run_command(config);
+    result.unwrap();
+    let echoed = stdout
+        .strip_prefix("argc=0\nGREETING=(unset)\nHOME=(unset)\n")
+        .unwrap();
+    assert_eq!(
+        echoed,
+        format!(
+            "{}\nstdin: 200000 bytes\n",
+            String::from_utf8(input).unwrap()
+        )
+    );
+}
