@@ -13,7 +13,7 @@ use crate::abi::Fault;
 use crate::host;
 use crate::imports::{ask_host, write_at};
 use crate::runtime::Limits;
-use crate::ungranted::{EFAULT, ENOTCAPABLE, ESUCCESS, on_fd};
+use crate::ungranted::{EFAULT, ENOTCAPABLE, ESUCCESS};
 
 const WASI: &str = "wasi_snapshot_preview1";
 
@@ -87,9 +87,12 @@ pub fn define(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
          iovs_len: i32,
          nread: i32|
          -> wasmtime::Result<i32> {
-            // stdout and stderr have no fd_read right; nothing else exists.
+            // stdout and stderr have no fd_read right.
+            if fd == 1 || fd == 2 {
+                return Ok(ENOTCAPABLE);
+            }
             if fd != 0 {
-                return Ok(on_fd(fd, ENOTCAPABLE));
+                return crate::fs::read(&mut caller, fd, iovs, iovs_len, None, nread);
             }
             read_stdin(&mut caller, iovs, iovs_len, nread)
         },

@@ -27,7 +27,7 @@ const WASI: &str = "wasi_snapshot_preview1";
 
 // WASI errno values (the rest are in `ungranted`).
 const EINVAL: i32 = 28;
-use crate::ungranted::{EBADF, EFAULT, ENOTCAPABLE, ESPIPE, ESUCCESS, on_fd};
+use crate::ungranted::{EBADF, EFAULT, ENOTCAPABLE, ESPIPE, ESUCCESS, is_stdio};
 
 /// WASI `proc_exit`: ends the call; the host reports the exit code.
 #[derive(Debug)]
@@ -83,6 +83,7 @@ pub fn linker(
     }
     define_wasi(&mut linker)?;
     crate::ungranted::define(&mut linker)?;
+    crate::fs::define(&mut linker)?;
     Ok(linker)
 }
 
@@ -273,9 +274,12 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
          iovs_len: i32,
          nwritten: i32|
          -> wasmtime::Result<i32> {
+            if fd == 0 {
+                // stdin has no fd_write right.
+                return Ok(ENOTCAPABLE);
+            }
             if fd != 1 && fd != 2 {
-                // stdin has no fd_write right; nothing else exists.
-                return Ok(on_fd(fd, ENOTCAPABLE));
+                return crate::fs::write(&mut caller, fd, iovs, iovs_len, None, nwritten);
             }
             let Some(memory) = memory_of(&mut caller) else {
                 return Ok(EFAULT);
@@ -308,24 +312,34 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             )))
         },
     )?;
-    linker.func_wrap(WASI, "fd_close", |fd: i32| -> i32 {
-        if (0..=2).contains(&fd) {
-            ESUCCESS
+    linker.func_wrap(WASI, "fd_close", |fd: i32| -> wasmtime::Result<i32> {
+        if is_stdio(fd) {
+            Ok(ESUCCESS)
         } else {
-            EBADF
+            crate::fs::close(fd)
         }
     })?;
     linker.func_wrap(
         WASI,
         "fd_seek",
-        |fd: i32, _offset: i64, _whence: i32, _new: i32| -> i32 { on_fd(fd, ESPIPE) },
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         offset: i64,
+         whence: i32,
+         new: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ESPIPE);
+            }
+            crate::fs::seek(&mut caller, fd, offset, whence, new)
+        },
     )?;
     linker.func_wrap(
         WASI,
         "fd_fdstat_get",
-        |mut caller: Caller<'_, Limits>, fd: i32, stat: i32| -> i32 {
-            if !(0..=2).contains(&fd) {
-                return EBADF;
+        |mut caller: Caller<'_, Limits>, fd: i32, stat: i32| -> wasmtime::Result<i32> {
+            if !is_stdio(fd) {
+                return crate::fs::fdstat(&mut caller, fd, stat);
             }
             // fdstat: filetype (character device), flags, rights base and
             // inheriting: fd_read or fd_write only.
@@ -333,19 +347,35 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             bytes[0] = 2;
             let rights: u64 = if fd == 0 { 1 << 1 } else { 1 << 6 };
             bytes[8..16].copy_from_slice(&rights.to_le_bytes());
-            errno(write_at(&mut caller, stat, &bytes))
+            Ok(errno(write_at(&mut caller, stat, &bytes)))
         },
     )?;
-    linker.func_wrap(WASI, "fd_fdstat_set_flags", |fd: i32, _flags: i32| -> i32 {
-        on_fd(fd, ENOTCAPABLE)
-    })?;
-    linker.func_wrap(WASI, "fd_prestat_get", |_fd: i32, _buf: i32| -> i32 {
-        EBADF
-    })?;
+    linker.func_wrap(
+        WASI,
+        "fd_fdstat_set_flags",
+        |fd: i32, _flags: i32| -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                Ok(ENOTCAPABLE)
+            } else if crate::fs::exists(fd)? {
+                Ok(crate::ungranted::ENOTSUP)
+            } else {
+                Ok(EBADF)
+            }
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_prestat_get",
+        |mut caller: Caller<'_, Limits>, fd: i32, buf: i32| -> wasmtime::Result<i32> {
+            crate::fs::prestat_get(&mut caller, fd, buf)
+        },
+    )?;
     linker.func_wrap(
         WASI,
         "fd_prestat_dir_name",
-        |_fd: i32, _path: i32, _len: i32| -> i32 { EBADF },
+        |mut caller: Caller<'_, Limits>, fd: i32, path: i32, len: i32| -> wasmtime::Result<i32> {
+            crate::fs::prestat_dir_name(&mut caller, fd, path, len)
+        },
     )?;
     crate::config::define(linker)?;
     linker.func_wrap(

@@ -220,3 +220,118 @@ fn ports() {
         assert_eq!(Port::try_from(number).ok(), Some(port));
     }
 }
+
+#[test]
+fn file_system_calls_and_replies() {
+    use hyperlight_wasm_protocol::message::{Dirent, Filestat, FsCall, FsReply};
+    let s = || String::from("p");
+    let calls = [
+        FsCall::PrestatGet { fd: 3 },
+        FsCall::PrestatDirName { fd: 3 },
+        FsCall::FdstatGet { fd: 3 },
+        FsCall::FilestatGet { fd: 3 },
+        FsCall::PathFilestatGet {
+            fd: 3,
+            follow: true,
+            path: s(),
+        },
+        FsCall::Open {
+            fd: 3,
+            follow: true,
+            path: s(),
+            oflags: 1,
+            rights: 2,
+            fdflags: 0,
+        },
+        FsCall::Close { fd: 3 },
+        FsCall::Read {
+            fd: 3,
+            max: 1,
+            offset: None,
+        },
+        FsCall::Write {
+            fd: 3,
+            bytes: vec![1],
+            offset: Some(2),
+        },
+        FsCall::Seek {
+            fd: 3,
+            offset: -1,
+            whence: 2,
+        },
+        FsCall::Readdir {
+            fd: 3,
+            cookie: 0,
+            max: 64,
+        },
+        FsCall::CreateDirectory { fd: 3, path: s() },
+        FsCall::RemoveDirectory { fd: 3, path: s() },
+        FsCall::UnlinkFile { fd: 3, path: s() },
+        FsCall::Rename {
+            fd: 3,
+            old: s(),
+            new_fd: 4,
+            new: s(),
+        },
+        FsCall::Readlink { fd: 3, path: s() },
+        FsCall::Symlink {
+            old: s(),
+            fd: 3,
+            new: s(),
+        },
+        FsCall::SetSize { fd: 3, size: 9 },
+        FsCall::Sync { fd: 3 },
+    ];
+    for (index, call) in calls.iter().enumerate() {
+        assert_eq!(payload(call)[0], u8::try_from(index).unwrap(), "{call:?}");
+    }
+    // One whole, and the out-call around it.
+    check(&[(
+        OutCall::Fs(FsCall::Read {
+            fd: 3,
+            max: 1,
+            offset: Some(2),
+        }),
+        &[9, 7, 3, 1, 1, 2][..],
+    )]);
+    let replies = [
+        FsReply::Done,
+        FsReply::Prestat { name_len: 1 },
+        FsReply::Name(s()),
+        FsReply::Fdstat {
+            filetype: 4,
+            flags: 0,
+            rights_base: 1,
+            rights_inheriting: 1,
+        },
+        FsReply::Filestat(Filestat::default()),
+        FsReply::Fd(3),
+        FsReply::Bytes(vec![1]),
+        FsReply::Count(1),
+        FsReply::Offset(1),
+        FsReply::Dirents(Vec::new()),
+        FsReply::Errno(8),
+    ];
+    for (index, reply) in replies.iter().enumerate() {
+        assert_eq!(payload(reply)[0], u8::try_from(index).unwrap(), "{reply:?}");
+    }
+    check(&[(OutCallReply::Fs(FsReply::Errno(76)), &[7, 10, 76][..])]);
+    // WASI's dirent layout: next, ino, name length, type, padding, name.
+    let dirent = Dirent {
+        next: 2,
+        ino: 5,
+        filetype: 4,
+        name: String::from("ab"),
+    };
+    assert_eq!(
+        dirent.to_wasi(),
+        [
+            &[2, 0, 0, 0, 0, 0, 0, 0][..],
+            &[5, 0, 0, 0, 0, 0, 0, 0],
+            &[2, 0, 0, 0],
+            &[4, 0, 0, 0],
+            b"ab"
+        ]
+        .concat()
+    );
+}

@@ -108,10 +108,10 @@ pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, 
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
 pub use sandbox::{
-    HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ModuleAbi, OutputStream,
-    ParameterTuple, ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue, SandboxBuilder,
-    Snapshot, SupportedParameterType, SupportedReturnType, TypedGuestFunction, WasiConfig,
-    WasmSandbox,
+    DirAccess, HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ModuleAbi,
+    OutputStream, ParameterTuple, ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue,
+    SandboxBuilder, Snapshot, SupportedParameterType, SupportedReturnType, TypedGuestFunction,
+    WasiConfig, WasmSandbox,
 };
 pub use vm::images::clear as clear_image_cache;
 pub use vm::interrupt::{InterruptHandle, set_interrupt_signal};

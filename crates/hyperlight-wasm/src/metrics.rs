@@ -327,6 +327,7 @@ fn variant_name(e: &Error) -> &'static str {
     match e {
         Error::HypervisorUnavailable { .. } => "HypervisorUnavailable",
         Error::Kvm { .. } => "Kvm",
+        Error::PreopenedDir { .. } => "PreopenedDir",
         Error::Os { .. } => "Os",
         Error::InvalidGuestImage { .. } => "InvalidGuestImage",
         Error::InvalidConfiguration { .. } => "InvalidConfiguration",

@@ -356,6 +356,15 @@ pub enum Error {
         /// What did not hold.
         reason: String,
     },
+    /// A preopened directory of the [`crate::WasiConfig`] cannot be opened.
+    #[error("cannot open the preopened directory {}", path.display())]
+    PreopenedDir {
+        /// The host directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// An earlier failure left the sandbox unusable.
     #[error("the sandbox is unusable after an earlier failure: {reason}")]
     Poisoned {
@@ -408,6 +417,7 @@ impl Error {
             | Error::CompilerUnavailable { .. }
             | Error::CompilerPanicked { .. }
             | Error::ModuleCacheDir { .. }
+            | Error::PreopenedDir { .. }
             | Error::WatchdogUnavailable { .. }
             | Error::InterruptSignalInUse { .. }
             | Error::InvalidModule { .. }

@@ -30,6 +30,7 @@ pub(crate) fn makes_state_private(call: &OutCall) -> bool {
         | OutCall::Args
         | OutCall::Environ
         | OutCall::ReadStdin { .. }
+        | OutCall::Fs(_)
         | OutCall::Clock { .. }
         | OutCall::Random { .. } => true,
     }

@@ -22,6 +22,7 @@
 
 mod channel;
 mod errors;
+mod files;
 mod images;
 mod outcalls;
 #[cfg(test)]
@@ -118,9 +119,18 @@ impl Guest {
         }
     }
 
-    /// Grants the WASI configuration `wasi`.
-    pub(crate) fn set_wasi(&mut self, wasi: &crate::sandbox::WasiConfig) {
-        self.services.set_wasi(outcalls::WasiState::new(wasi));
+    /// Grants the WASI configuration `wasi` (opening its preopened
+    /// directories).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::PreopenedDir`] when one cannot be opened.
+    pub(crate) fn set_wasi(&mut self, wasi: &crate::sandbox::WasiConfig) -> Result<()> {
+        let files = files::FileTable::new(wasi)
+            .map_err(|(path, source)| Error::PreopenedDir { path, source })?;
+        self.services
+            .set_wasi(outcalls::WasiState::new(wasi), files);
+        Ok(())
     }
 
     /// Names the exports the next module's strings and buffers go through.

@@ -55,6 +55,7 @@ pub(crate) struct HostServices {
     print: PrintFn,
     sleep: SleepFn,
     wasi: WasiState,
+    files: super::files::FileTable,
     /// The error of the host function (or print function) that failed
     /// during the current request, reported when the guest call fails
     /// because of it.
@@ -77,13 +78,15 @@ impl HostServices {
             print,
             sleep,
             wasi: WasiState::default(),
+            files: super::files::FileTable::default(),
             failure: None,
         }
     }
 
     /// Grants the WASI configuration `wasi`.
-    pub(crate) fn set_wasi(&mut self, wasi: WasiState) {
+    pub(crate) fn set_wasi(&mut self, wasi: WasiState, files: super::files::FileTable) {
         self.wasi = wasi;
+        self.files = files;
     }
 
     /// The host functions modules may import.
@@ -192,6 +195,10 @@ impl HostServices {
                     OutputStream::Stdout
                 };
                 Ok(self.print(stream, &text))
+            }
+            OutCall::Fs(call) => {
+                let room = usize::try_from(reply_capacity.saturating_sub(64)).unwrap_or(0);
+                Ok(OutCallReply::Fs(self.files.serve(call, room)))
             }
             OutCall::Args => Ok(OutCallReply::Strings(self.wasi.args.clone())),
             OutCall::Environ => Ok(OutCallReply::Strings(self.wasi.environ.clone())),
@@ -543,14 +550,17 @@ mod tests {
     #[test]
     fn args_environment_and_stdin_are_served_as_configured() {
         let (mut services, _) = services();
-        services.set_wasi(WasiState::new(
-            &WasiConfig::new()
-                .args(["prog", "-v"])
-                .env("A", "1")
-                .env("B", "2")
-                .env("A", "3")
-                .stdin(b"0123456789".to_vec()),
-        ));
+        services.set_wasi(
+            WasiState::new(
+                &WasiConfig::new()
+                    .args(["prog", "-v"])
+                    .env("A", "1")
+                    .env("B", "2")
+                    .env("A", "3")
+                    .stdin(b"0123456789".to_vec()),
+            ),
+            crate::guest::files::FileTable::default(),
+        );
         assert_eq!(
             services.serve(OutCall::Args, 4096).unwrap(),
             OutCallReply::Strings(vec![String::from("prog"), String::from("-v")])

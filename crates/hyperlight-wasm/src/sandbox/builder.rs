@@ -274,7 +274,7 @@ impl SandboxBuilder {
         let wasi = self.wasi.clone();
         let mut guest = Guest::new(vm, print, self.persistent);
         guest.set_module_abi(self.abi.names().clone());
-        guest.set_wasi(&wasi);
+        guest.set_wasi(&wasi)?;
         Ok(ProtoWasmSandbox::new(guest))
     }
 

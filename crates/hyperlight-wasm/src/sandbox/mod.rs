@@ -22,5 +22,5 @@ pub use params::{
 pub use proto::ProtoWasmSandbox;
 pub use snapshot::Snapshot;
 pub use values::{ParameterValue, ReturnType, ReturnValue};
-pub use wasi::{OutputStream, WasiConfig};
+pub use wasi::{DirAccess, OutputStream, WasiConfig};
 pub use wasm::WasmSandbox;

@@ -7,6 +7,7 @@ mod api;
 mod common;
 mod errors;
 mod execution;
+mod files;
 #[path = "../../fixtures/fixtures.rs"]
 mod fixtures;
 mod host_functions;

@@ -1,0 +1,673 @@
+//! WASI's file-system functions on the descriptors the host serves (every
+//! descriptor but stdio: preopened directories and what is opened beneath
+//! them). Each call is one out-call ([`OutCall::Fs`]); the guest only moves
+//! bytes between the module's memory and the messages, and splits reads
+//! and writes larger than a message into several. Stdio keeps its own
+//! answers (see [`crate::ungranted`]).
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use hyperlight_wasm_protocol::message::{ErrorCode, FsCall, FsReply, OutCall, OutCallReply};
+use wasmtime::{Caller, Extern, Linker, Memory};
+
+use crate::abi::Fault;
+use crate::host;
+use crate::imports::{ask_host, write_at};
+use crate::runtime::Limits;
+use crate::ungranted::{EBADF, EFAULT, ENOTCAPABLE, ENOTDIR, ESPIPE, ESUCCESS, is_stdio};
+
+const WASI: &str = "wasi_snapshot_preview1";
+const EILSEQ: i32 = 25;
+const ENAMETOOLONG: i32 = 37;
+
+/// The answer a function gives, or its errno.
+type Answer<T> = Result<T, i32>;
+
+/// Asks the host; `Err` carries the errno it answered.
+fn host(call: FsCall) -> wasmtime::Result<Answer<FsReply>> {
+    match ask_host(&OutCall::Fs(call))? {
+        OutCallReply::Fs(FsReply::Errno(errno)) => Ok(Err(i32::from(errno))),
+        OutCallReply::Fs(reply) => Ok(Ok(reply)),
+        other => Err(Fault::new(
+            ErrorCode::BadRequest,
+            format_args!("file-system answer {other:?}"),
+        )
+        .into()),
+    }
+}
+
+/// The host answered something else than the call asks for.
+fn wrong(reply: &FsReply) -> wasmtime::Error {
+    Fault::new(
+        ErrorCode::BadRequest,
+        format_args!("unexpected file-system answer {reply:?}"),
+    )
+    .into()
+}
+
+fn fd_of(fd: i32) -> u32 {
+    fd.cast_unsigned()
+}
+
+fn memory(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
+    let name = caller.data().abi.memory.clone();
+    caller.get_export(&name).and_then(Extern::into_memory)
+}
+
+/// The path of `len` bytes at `ptr`.
+fn path(caller: &mut Caller<'_, Limits>, ptr: i32, len: i32) -> Answer<String> {
+    let memory = memory(caller).ok_or(EFAULT)?;
+    let (start, len) = (ptr.cast_unsigned() as usize, len.cast_unsigned() as usize);
+    if len > host::transfer_limit() {
+        return Err(ENAMETOOLONG);
+    }
+    let bytes = memory
+        .data(&*caller)
+        .get(start..)
+        .and_then(|tail| tail.get(..len))
+        .ok_or(EFAULT)?;
+    core::str::from_utf8(bytes)
+        .map(String::from)
+        .map_err(|_| EILSEQ)
+}
+
+/// The (pointer, length) pairs of `count` iovecs at `iovs`, checked against
+/// memory.
+fn iovecs(caller: &mut Caller<'_, Limits>, iovs: i32, count: i32) -> Answer<Vec<(usize, usize)>> {
+    let memory = memory(caller).ok_or(EFAULT)?;
+    let data = memory.data(&*caller);
+    let mut out = Vec::new();
+    for i in 0..count.cast_unsigned() as usize {
+        let at = i
+            .checked_mul(8)
+            .and_then(|o| o.checked_add(iovs.cast_unsigned() as usize));
+        let pair = at
+            .and_then(|at| data.get(at..at.checked_add(8)?))
+            .ok_or(EFAULT)?;
+        let ptr = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
+        let len = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]) as usize;
+        if ptr.checked_add(len).is_none_or(|end| end > data.len()) {
+            return Err(EFAULT);
+        }
+        out.push((ptr, len));
+    }
+    Ok(out)
+}
+
+fn done(result: Result<(), i32>) -> i32 {
+    match result {
+        Ok(()) => ESUCCESS,
+        Err(e) => e,
+    }
+}
+
+/// Runs `f`, turning an errno into the function's result.
+fn answer(f: impl FnOnce() -> wasmtime::Result<Answer<()>>) -> wasmtime::Result<i32> {
+    Ok(done(f()?))
+}
+
+/// `fd_read` and `fd_pread` on a host descriptor: as much as one request
+/// brings (a short read, as POSIX allows), scattered over the iovecs.
+pub fn read(
+    caller: &mut Caller<'_, Limits>,
+    fd: i32,
+    iovs: i32,
+    count: i32,
+    offset: Option<u64>,
+    nread: i32,
+) -> wasmtime::Result<i32> {
+    answer(|| {
+        let buffers = match iovecs(caller, iovs, count) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let room: usize = buffers.iter().map(|(_, len)| len).sum();
+        let max = u32::try_from(room.min(host::transfer_limit())).unwrap_or(u32::MAX);
+        let bytes = match host(FsCall::Read {
+            fd: fd_of(fd),
+            max,
+            offset,
+        })? {
+            Ok(FsReply::Bytes(bytes)) if bytes.len() <= max as usize => bytes,
+            Ok(other) => return Err(wrong(&other)),
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(memory) = memory(caller) else {
+            return Ok(Err(EFAULT));
+        };
+        let mut rest: &[u8] = &bytes;
+        for (ptr, len) in buffers {
+            if rest.is_empty() {
+                break;
+            }
+            let (piece, tail) = rest.split_at(len.min(rest.len()));
+            if memory.write(&mut *caller, ptr, piece).is_err() {
+                return Ok(Err(EFAULT));
+            }
+            rest = tail;
+        }
+        let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+        Ok(write_at(caller, nread, &n.to_le_bytes()))
+    })
+}
+
+/// `fd_write` and `fd_pwrite` on a host descriptor: every byte of the
+/// iovecs, in as many requests as the messages need.
+pub fn write(
+    caller: &mut Caller<'_, Limits>,
+    fd: i32,
+    iovs: i32,
+    count: i32,
+    offset: Option<u64>,
+    nwritten: i32,
+) -> wasmtime::Result<i32> {
+    answer(|| {
+        let buffers = match iovecs(caller, iovs, count) {
+            Ok(b) => b,
+            Err(e) => return Ok(Err(e)),
+        };
+        let Some(memory) = memory(caller) else {
+            return Ok(Err(EFAULT));
+        };
+        let mut bytes = Vec::new();
+        for (ptr, len) in buffers {
+            bytes.extend_from_slice(&memory.data(&*caller)[ptr..ptr + len]);
+        }
+        let mut written = 0usize;
+        // An empty write is still one request: it reports a bad descriptor.
+        let pieces: Vec<&[u8]> = if bytes.is_empty() {
+            alloc::vec![&[][..]]
+        } else {
+            bytes.chunks(host::transfer_limit().max(1)).collect()
+        };
+        for piece in pieces {
+            let at = offset.map(|o| o + written as u64);
+            match host(FsCall::Write {
+                fd: fd_of(fd),
+                bytes: piece.to_vec(),
+                offset: at,
+            })? {
+                Ok(FsReply::Count(n)) if n as usize == piece.len() => written += piece.len(),
+                Ok(other) => return Err(wrong(&other)),
+                // What was written before the failure stays written: report
+                // it, as a short write, unless nothing was.
+                Err(e) if written == 0 => return Ok(Err(e)),
+                Err(_) => break,
+            }
+        }
+        let n = u32::try_from(written).unwrap_or(u32::MAX);
+        Ok(write_at(caller, nwritten, &n.to_le_bytes()))
+    })
+}
+
+/// A call answered with `Done`.
+fn simple(call: FsCall) -> wasmtime::Result<i32> {
+    answer(|| match host(call)? {
+        Ok(FsReply::Done) => Ok(Ok(())),
+        Ok(other) => Err(wrong(&other)),
+        Err(e) => Ok(Err(e)),
+    })
+}
+
+/// Whether the host has descriptor `fd`.
+pub fn exists(fd: i32) -> wasmtime::Result<bool> {
+    Ok(host(FsCall::FdstatGet { fd: fd_of(fd) })?.is_ok())
+}
+
+pub fn close(fd: i32) -> wasmtime::Result<i32> {
+    simple(FsCall::Close { fd: fd_of(fd) })
+}
+
+pub fn seek(
+    caller: &mut Caller<'_, Limits>,
+    fd: i32,
+    offset: i64,
+    whence: i32,
+    to: i32,
+) -> wasmtime::Result<i32> {
+    answer(|| {
+        let Ok(whence) = u8::try_from(whence) else {
+            return Ok(Err(28));
+        };
+        match host(FsCall::Seek {
+            fd: fd_of(fd),
+            offset,
+            whence,
+        })? {
+            Ok(FsReply::Offset(at)) => Ok(write_at(caller, to, &at.to_le_bytes())),
+            Ok(other) => Err(wrong(&other)),
+            Err(e) => Ok(Err(e)),
+        }
+    })
+}
+
+pub fn fdstat(caller: &mut Caller<'_, Limits>, fd: i32, buf: i32) -> wasmtime::Result<i32> {
+    answer(|| match host(FsCall::FdstatGet { fd: fd_of(fd) })? {
+        Ok(FsReply::Fdstat {
+            filetype,
+            flags,
+            rights_base,
+            rights_inheriting,
+        }) => {
+            let mut bytes = [0u8; 24];
+            bytes[0] = filetype;
+            bytes[2..4].copy_from_slice(&flags.to_le_bytes());
+            bytes[8..16].copy_from_slice(&rights_base.to_le_bytes());
+            bytes[16..24].copy_from_slice(&rights_inheriting.to_le_bytes());
+            Ok(write_at(caller, buf, &bytes))
+        }
+        Ok(other) => Err(wrong(&other)),
+        Err(e) => Ok(Err(e)),
+    })
+}
+
+pub fn prestat_get(caller: &mut Caller<'_, Limits>, fd: i32, buf: i32) -> wasmtime::Result<i32> {
+    if is_stdio(fd) {
+        return Ok(EBADF);
+    }
+    answer(|| match host(FsCall::PrestatGet { fd: fd_of(fd) })? {
+        Ok(FsReply::Prestat { name_len }) => {
+            // prestat: tag 0 (a directory), then the name's length.
+            let mut bytes = [0u8; 8];
+            bytes[4..8].copy_from_slice(&name_len.to_le_bytes());
+            Ok(write_at(caller, buf, &bytes))
+        }
+        Ok(other) => Err(wrong(&other)),
+        Err(e) => Ok(Err(e)),
+    })
+}
+
+pub fn prestat_dir_name(
+    caller: &mut Caller<'_, Limits>,
+    fd: i32,
+    buf: i32,
+    len: i32,
+) -> wasmtime::Result<i32> {
+    if is_stdio(fd) {
+        return Ok(EBADF);
+    }
+    answer(|| match host(FsCall::PrestatDirName { fd: fd_of(fd) })? {
+        Ok(FsReply::Name(name)) => {
+            if name.len() > len.cast_unsigned() as usize {
+                return Ok(Err(ENAMETOOLONG));
+            }
+            Ok(write_at(caller, buf, name.as_bytes()))
+        }
+        Ok(other) => Err(wrong(&other)),
+        Err(e) => Ok(Err(e)),
+    })
+}
+
+fn filestat_bytes(stat: &hyperlight_wasm_protocol::message::Filestat) -> [u8; 64] {
+    let mut b = [0u8; 64];
+    b[0..8].copy_from_slice(&stat.dev.to_le_bytes());
+    b[8..16].copy_from_slice(&stat.ino.to_le_bytes());
+    b[16] = stat.filetype;
+    b[24..32].copy_from_slice(&stat.nlink.to_le_bytes());
+    b[32..40].copy_from_slice(&stat.size.to_le_bytes());
+    b[40..48].copy_from_slice(&stat.atim.to_le_bytes());
+    b[48..56].copy_from_slice(&stat.mtim.to_le_bytes());
+    b[56..64].copy_from_slice(&stat.ctim.to_le_bytes());
+    b
+}
+
+fn filestat(caller: &mut Caller<'_, Limits>, call: FsCall, buf: i32) -> wasmtime::Result<i32> {
+    answer(|| match host(call)? {
+        Ok(FsReply::Filestat(stat)) => Ok(write_at(caller, buf, &filestat_bytes(&stat))),
+        Ok(other) => Err(wrong(&other)),
+        Err(e) => Ok(Err(e)),
+    })
+}
+
+/// Defines the functions whose descriptors may be the host's.
+pub fn define(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        WASI,
+        "fd_filestat_get",
+        |mut caller: Caller<'_, Limits>, fd: i32, buf: i32| -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                // A character device with nothing else known.
+                let stat = hyperlight_wasm_protocol::message::Filestat {
+                    filetype: 2,
+                    ..Default::default()
+                };
+                return Ok(done(write_at(&mut caller, buf, &filestat_bytes(&stat))));
+            }
+            filestat(&mut caller, FsCall::FilestatGet { fd: fd_of(fd) }, buf)
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_filestat_get",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         flags: i32,
+         p: i32,
+         len: i32,
+         buf: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTDIR);
+            }
+            let path = match path(&mut caller, p, len) {
+                Ok(path) => path,
+                Err(e) => return Ok(e),
+            };
+            let call = FsCall::PathFilestatGet {
+                fd: fd_of(fd),
+                follow: flags & 1 != 0,
+                path,
+            };
+            filestat(&mut caller, call, buf)
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_open",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         dirflags: i32,
+         p: i32,
+         len: i32,
+         oflags: i32,
+         rights: i64,
+         _inheriting: i64,
+         fdflags: i32,
+         opened: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTDIR);
+            }
+            let path = match path(&mut caller, p, len) {
+                Ok(path) => path,
+                Err(e) => return Ok(e),
+            };
+            let call = FsCall::Open {
+                fd: fd_of(fd),
+                follow: dirflags & 1 != 0,
+                path,
+                oflags: u16::try_from(oflags & 0xffff).unwrap_or(0),
+                rights: rights.cast_unsigned(),
+                fdflags: u16::try_from(fdflags & 0xffff).unwrap_or(0),
+            };
+            answer(|| match host(call)? {
+                Ok(FsReply::Fd(new)) => Ok(write_at(&mut caller, opened, &new.to_le_bytes())),
+                Ok(other) => Err(wrong(&other)),
+                Err(e) => Ok(Err(e)),
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_pread",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         iovs: i32,
+         count: i32,
+         offset: i64,
+         nread: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ESPIPE);
+            }
+            read(
+                &mut caller,
+                fd,
+                iovs,
+                count,
+                Some(offset.cast_unsigned()),
+                nread,
+            )
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_pwrite",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         iovs: i32,
+         count: i32,
+         offset: i64,
+         nwritten: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ESPIPE);
+            }
+            write(
+                &mut caller,
+                fd,
+                iovs,
+                count,
+                Some(offset.cast_unsigned()),
+                nwritten,
+            )
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_tell",
+        |mut caller: Caller<'_, Limits>, fd: i32, to: i32| -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ESPIPE);
+            }
+            seek(&mut caller, fd, 0, 1, to)
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_readdir",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         buf: i32,
+         buf_len: i32,
+         cookie: i64,
+         used: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTDIR);
+            }
+            readdir(&mut caller, fd, buf, buf_len, cookie.cast_unsigned(), used)
+        },
+    )?;
+    for (name, make) in [
+        (
+            "path_create_directory",
+            (|fd, path| FsCall::CreateDirectory { fd, path }) as fn(u32, String) -> FsCall,
+        ),
+        ("path_remove_directory", |fd, path| {
+            FsCall::RemoveDirectory { fd, path }
+        }),
+        ("path_unlink_file", |fd, path| FsCall::UnlinkFile {
+            fd,
+            path,
+        }),
+    ] {
+        linker.func_wrap(
+            WASI,
+            name,
+            move |mut caller: Caller<'_, Limits>,
+                  fd: i32,
+                  p: i32,
+                  len: i32|
+                  -> wasmtime::Result<i32> {
+                if is_stdio(fd) {
+                    return Ok(ENOTDIR);
+                }
+                match path(&mut caller, p, len) {
+                    Ok(path) => simple(make(fd_of(fd), path)),
+                    Err(e) => Ok(e),
+                }
+            },
+        )?;
+    }
+    linker.func_wrap(
+        WASI,
+        "path_rename",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         old: i32,
+         old_len: i32,
+         new_fd: i32,
+         new: i32,
+         new_len: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) || is_stdio(new_fd) {
+                return Ok(if is_stdio(fd) && is_stdio(new_fd) {
+                    ENOTDIR
+                } else {
+                    EBADF
+                });
+            }
+            let (old, new) = match (
+                path(&mut caller, old, old_len),
+                path(&mut caller, new, new_len),
+            ) {
+                (Ok(old), Ok(new)) => (old, new),
+                (Err(e), _) | (_, Err(e)) => return Ok(e),
+            };
+            simple(FsCall::Rename {
+                fd: fd_of(fd),
+                old,
+                new_fd: fd_of(new_fd),
+                new,
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_readlink",
+        |mut caller: Caller<'_, Limits>,
+         fd: i32,
+         p: i32,
+         len: i32,
+         buf: i32,
+         buf_len: i32,
+         used: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTDIR);
+            }
+            let path = match path(&mut caller, p, len) {
+                Ok(path) => path,
+                Err(e) => return Ok(e),
+            };
+            answer(|| {
+                match host(FsCall::Readlink {
+                    fd: fd_of(fd),
+                    path,
+                })? {
+                    Ok(FsReply::Name(target)) => {
+                        // Truncated to the buffer, as readlink(2) does.
+                        let n = target.len().min(buf_len.cast_unsigned() as usize);
+                        let count = u32::try_from(n).unwrap_or(u32::MAX);
+                        Ok(write_at(&mut caller, buf, &target.as_bytes()[..n])
+                            .and_then(|()| write_at(&mut caller, used, &count.to_le_bytes())))
+                    }
+                    Ok(other) => Err(wrong(&other)),
+                    Err(e) => Ok(Err(e)),
+                }
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "path_symlink",
+        |mut caller: Caller<'_, Limits>,
+         old: i32,
+         old_len: i32,
+         fd: i32,
+         new: i32,
+         new_len: i32|
+         -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTDIR);
+            }
+            let (old, new) = match (
+                path(&mut caller, old, old_len),
+                path(&mut caller, new, new_len),
+            ) {
+                (Ok(old), Ok(new)) => (old, new),
+                (Err(e), _) | (_, Err(e)) => return Ok(e),
+            };
+            simple(FsCall::Symlink {
+                old,
+                fd: fd_of(fd),
+                new,
+            })
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
+        "fd_filestat_set_size",
+        |fd: i32, size: i64| -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTCAPABLE);
+            }
+            simple(FsCall::SetSize {
+                fd: fd_of(fd),
+                size: size.cast_unsigned(),
+            })
+        },
+    )?;
+    for name in ["fd_sync", "fd_datasync"] {
+        linker.func_wrap(WASI, name, |fd: i32| -> wasmtime::Result<i32> {
+            if is_stdio(fd) {
+                return Ok(ENOTCAPABLE);
+            }
+            simple(FsCall::Sync { fd: fd_of(fd) })
+        })?;
+    }
+    Ok(())
+}
+
+/// `fd_readdir`: whole entries from `cookie` on, in as many requests as
+/// the buffer holds; the last one cut at the buffer's end, as WASI says
+/// (the module then asks again from that entry's cookie).
+fn readdir(
+    caller: &mut Caller<'_, Limits>,
+    fd: i32,
+    buf: i32,
+    buf_len: i32,
+    mut cookie: u64,
+    used: i32,
+) -> wasmtime::Result<i32> {
+    let capacity = buf_len.cast_unsigned() as usize;
+    // An empty buffer asks nothing of the directory, but the descriptor
+    // must still be one.
+    if capacity == 0 && !exists(fd)? {
+        return Ok(EBADF);
+    }
+    let mut out = Vec::new();
+    'fill: while out.len() < capacity {
+        let room = capacity - out.len();
+        let max = u32::try_from(room.min(host::transfer_limit())).unwrap_or(u32::MAX);
+        let entries = match host(FsCall::Readdir {
+            fd: fd_of(fd),
+            cookie,
+            max,
+        })? {
+            Ok(FsReply::Dirents(entries)) => entries,
+            Ok(other) => return Err(wrong(&other)),
+            Err(e) if out.is_empty() => return Ok(e),
+            Err(_) => break,
+        };
+        if entries.is_empty() {
+            break;
+        }
+        for entry in entries {
+            let bytes = entry.to_wasi();
+            let left = capacity - out.len();
+            if bytes.len() > left {
+                out.extend_from_slice(&bytes[..left]);
+                break 'fill;
+            }
+            out.extend_from_slice(&bytes);
+            cookie = entry.next;
+        }
+    }
+    let n = u32::try_from(out.len()).unwrap_or(u32::MAX);
+    Ok(done(
+        write_at(caller, buf, &out).and_then(|()| write_at(caller, used, &n.to_le_bytes())),
+    ))
+}
