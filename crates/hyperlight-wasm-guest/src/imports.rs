@@ -83,7 +83,7 @@ pub fn linker(
     }
     define_wasi(&mut linker)?;
     crate::ungranted::define(&mut linker)?;
-    crate::fs::define(&mut linker)?;
+    crate::fs_paths::define(&mut linker)?;
     Ok(linker)
 }
 

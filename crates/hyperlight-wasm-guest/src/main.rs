@@ -32,6 +32,7 @@ extern crate alloc;
 mod abi;
 mod config;
 mod fs;
+mod fs_paths;
 
 /// The guest runs on x86_64 only: its `usize` is 64 bits.
 const _: () = assert!(usize::BITS == u64::BITS);

@@ -1,7 +1,8 @@
 //! WASI `poll_oneoff`: waiting for clocks and for stdio.
 //!
-//! Stdio is always ready (stdin is at its end, stdout and stderr take
-//! writes), so a poll with a ready descriptor answers at once. Otherwise
+//! Stdio is always ready (stdin at its end, stdout and stderr take
+//! writes), and so are the host's files; a poll with a ready descriptor
+//! answers at once. Otherwise
 //! the guest asks the host to sleep until the earliest clock subscription
 //! is due: the host sleeps on its side, within the call's time limit and
 //! woken by `kill()`, so a sleeping module costs no CPU and is never beyond
@@ -98,12 +99,15 @@ pub fn poll_oneoff(
     let mut out = Vec::new();
     for sub in &subs {
         if let Subscription::Fd { userdata, tag, fd } = *sub {
-            let ready = matches!((tag, fd), (FD_READ, 0) | (FD_WRITE, 1 | 2));
+            // Stdio in its direction, and the host's files and directories
+            // (regular files are always ready, as POSIX says), are ready.
+            let ready = matches!((tag, fd), (FD_READ, 0) | (FD_WRITE, 1 | 2))
+                || (fd > 2 && crate::fs::exists(fd.cast_signed())?);
             // A descriptor that does not exist, or stdio asked for what it
             // cannot do (stdin written, stdout or stderr read): EBADF, as
             // WASI says for a descriptor without the right.
             let error = if ready { ESUCCESS } else { EBADF };
-            let flags = if tag == FD_READ && error == ESUCCESS {
+            let flags = if tag == FD_READ && fd == 0 && error == ESUCCESS {
                 HANGUP
             } else {
                 0

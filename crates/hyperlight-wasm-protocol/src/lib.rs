@@ -38,6 +38,7 @@ extern crate alloc;
 pub mod boot;
 #[cfg(feature = "engine")]
 pub mod engine;
+pub mod fs;
 pub mod message;
 pub mod port;
 pub mod wire;

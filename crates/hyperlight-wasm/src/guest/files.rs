@@ -392,19 +392,21 @@ impl FileTable {
         fdflags: u16,
     ) -> Result<FsReply, Errno> {
         let (dir, access) = self.dir(fd)?;
-        let writes = rights & RIGHT_FD_WRITE != 0
-            || oflags & (O_CREAT | O_TRUNC) != 0
-            || fdflags & FDFLAG_APPEND != 0;
+        let is_dir = oflags & O_DIRECTORY != 0
+            || (oflags & O_CREAT == 0 && dir.metadata(path).is_ok_and(|m| m.is_dir()));
+        // The write right means nothing for a directory (what changes one
+        // is checked per operation); for a file it, creating, truncating
+        // and appending are writes.
+        let writes = oflags & (O_CREAT | O_TRUNC) != 0
+            || (!is_dir && (rights & RIGHT_FD_WRITE != 0 || fdflags & FDFLAG_APPEND != 0));
         if writes && access == DirAccess::ReadOnly {
             return Err(ENOTCAPABLE);
         }
         if self.entries.len() >= self.max_open {
             return Err(EMFILE);
         }
-        let is_dir = oflags & O_DIRECTORY != 0
-            || (oflags & O_CREAT == 0 && dir.metadata(path).is_ok_and(|m| m.is_dir()));
         let handle = if is_dir {
-            if writes && oflags & (O_CREAT | O_TRUNC) != 0 {
+            if oflags & (O_CREAT | O_TRUNC) != 0 {
                 return Err(EISDIR);
             }
             Handle::Dir {

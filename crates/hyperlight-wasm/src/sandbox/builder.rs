@@ -184,9 +184,10 @@ impl SandboxBuilder {
     }
 
     /// Sets the function that receives what the module prints (its writes
-    /// to stdout and stderr through WASI `fd_write`). By default stdout goes to
-    /// the host process's stdout and stderr to its stderr. Invalid UTF-8 in printed output is replaced
-    /// with U+FFFD. Sandboxes built from clones of this builder share the
+    /// to stdout and stderr through WASI `fd_write`), both streams alike. By
+    /// default stdout goes to the host process's stdout and stderr to its
+    /// stderr. Invalid UTF-8 in printed output is replaced with U+FFFD.
+    /// Sandboxes built from clones of this builder share the
     /// function, and call it one at a time: it must not call into another
     /// sandbox built from the same builder (that would wait for itself),
     /// and a slow one holds up the others' output.

@@ -263,3 +263,104 @@ fn a_missing_host_directory_fails_the_build_naming_it() {
         8
     );
 }
+
+#[test]
+fn a_symlink_swapped_in_after_open_does_not_lead_out() {
+    require_kvm();
+    let outer = tempfile::tempdir().unwrap();
+    std::fs::write(outer.path().join("secret.txt"), "the secret").unwrap();
+    let dir = outer.path().join("granted");
+    std::fs::create_dir_all(dir.join("sub")).unwrap();
+    std::fs::write(dir.join("sub/secret.txt"), "inside").unwrap();
+    // The module opens `sub`, then the host swaps `sub` for a symbolic link
+    // to the outer directory, then the module opens `secret.txt` through
+    // the descriptor it holds and through the new `sub`.
+    let mut proto = SandboxBuilder::new()
+        .with_wasi(WasiConfig::new().preopened_dir(&dir, "/data", DirAccess::ReadOnly))
+        .build()
+        .unwrap();
+    let (granted, outside) = (dir.clone(), outer.path().to_owned());
+    proto
+        .register("swap", move || {
+            std::fs::rename(granted.join("sub"), granted.join("sub-old")).unwrap();
+            std::os::unix::fs::symlink(&outside, granted.join("sub")).unwrap();
+        })
+        .unwrap();
+    let wat = r#"(module
+        (import "env" "swap" (func $swap))
+        (import "wasi_snapshot_preview1" "path_open"
+            (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_read"
+            (func $read (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 100) "sub")
+        (data (i32.const 110) "secret.txt")
+        (data (i32.const 130) "sub/secret.txt")
+        ;; Reads up to 64 bytes of the file opened at `fd` into 1024;
+        ;; returns how many, or -errno.
+        (func $slurp (param $fd i32) (result i32)
+            (i32.store (i32.const 8) (i32.const 1024))
+            (i32.store (i32.const 12) (i32.const 64))
+            (if (call $read (local.get $fd) (i32.const 8) (i32.const 1) (i32.const 4))
+                (then (return (i32.const -1))))
+            (i32.load (i32.const 4)))
+        ;; Returns errno of the open through the new `sub` * 1000 + bytes
+        ;; read through the held descriptor.
+        (func (export "race") (result i32)
+            (local $sub i32) (local $errno i32) (local $n i32)
+            ;; open "sub" as a directory (oflags: directory).
+            (drop (call $open (i32.const 3) (i32.const 1) (i32.const 100) (i32.const 3)
+                (i32.const 2) (i64.const 0x2000) (i64.const 0x2000) (i32.const 0) (i32.const 0)))
+            (local.set $sub (i32.load (i32.const 0)))
+            (call $swap)
+            ;; Through the held descriptor: still the original directory.
+            (drop (call $open (local.get $sub) (i32.const 1) (i32.const 110) (i32.const 10)
+                (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 0)))
+            (local.set $n (call $slurp (i32.load (i32.const 0))))
+            ;; Through the swapped-in link: refused.
+            (local.set $errno (call $open (i32.const 3) (i32.const 1) (i32.const 130) (i32.const 14)
+                (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 0)))
+            (i32.add (i32.mul (local.get $errno) (i32.const 1000)) (local.get $n))))"#;
+    let mut sandbox = proto
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(wat.as_bytes())
+        .unwrap();
+    let result: i32 = sandbox.call_guest_function("race", ()).unwrap();
+    // "inside" (6 bytes) through the held descriptor; ENOTCAPABLE through
+    // the link.
+    assert_eq!(result, ENOTCAPABLE * 1000 + 6);
+}
+
+#[test]
+fn a_rust_command_with_published_crates_works_on_a_preopened_directory() {
+    require_kvm();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("input.json"),
+        r#"{"words": ["apple", "banana", "avocado", "cherry"]}"#,
+    )
+    .unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = std::sync::Arc::clone(&out);
+    let mut sandbox = SandboxBuilder::new()
+        .with_wasi(
+            WasiConfig::new()
+                .args(["app", "^a"])
+                .env("SUFFIX", "!")
+                .preopened_dir(dir.path(), "/data", DirAccess::ReadWrite),
+        )
+        .with_host_print_fn(move |text| sink.lock().unwrap().push_str(text))
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(fixtures::rust_wasi_app())
+        .unwrap();
+    sandbox.call_guest_function::<()>("_start", ()).unwrap();
+    assert_eq!(*out.lock().unwrap(), "2 matches!\n");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("output.json")).unwrap(),
+        r#"{"pattern":"^a","matches":["apple","avocado"]}"#
+    );
+}
