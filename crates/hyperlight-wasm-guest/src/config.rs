@@ -7,7 +7,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use hyperlight_wasm_protocol::message::{ErrorCode, OutCall, OutCallReply};
-use wasmtime::{Caller, Extern, Linker};
+use wasmtime::{Caller, Linker};
 
 use crate::abi::Fault;
 use crate::host;
@@ -121,30 +121,11 @@ fn read_stdin(
     iovs_len: i32,
     nread: i32,
 ) -> wasmtime::Result<i32> {
-    let name = caller.data().abi.memory.clone();
-    let Some(memory) = caller.get_export(&name).and_then(Extern::into_memory) else {
-        return Ok(EFAULT);
+    let buffers = match crate::fs::iovecs(caller, iovs, iovs_len) {
+        Ok(buffers) => buffers,
+        Err(e) => return Ok(e),
     };
-    // The iovecs: (pointer, length) pairs.
-    let mut buffers = Vec::new();
-    let data = memory.data(&*caller);
-    let mut room = 0usize;
-    for i in 0..iovs_len.cast_unsigned() as usize {
-        let at = i
-            .checked_mul(8)
-            .and_then(|o| o.checked_add(iovs.cast_unsigned() as usize));
-        let pair = at.and_then(|at| data.get(at..at.checked_add(8)?));
-        let Some(pair) = pair else {
-            return Ok(EFAULT);
-        };
-        let ptr = u32::from_le_bytes([pair[0], pair[1], pair[2], pair[3]]) as usize;
-        let len = u32::from_le_bytes([pair[4], pair[5], pair[6], pair[7]]) as usize;
-        if ptr.checked_add(len).is_none_or(|end| end > data.len()) {
-            return Ok(EFAULT);
-        }
-        room = room.saturating_add(len);
-        buffers.push((ptr, len));
-    }
+    let room: usize = buffers.iter().map(|(_, len)| len).sum();
     let max = u32::try_from(room.min(host::transfer_limit())).unwrap_or(u32::MAX);
     let bytes = if max == 0 {
         Vec::new()
@@ -160,19 +141,7 @@ fn read_stdin(
             }
         }
     };
-    let mut rest: &[u8] = &bytes;
-    for (ptr, len) in buffers {
-        if rest.is_empty() {
-            break;
-        }
-        let (piece, tail) = rest.split_at(len.min(rest.len()));
-        if memory.write(&mut *caller, ptr, piece).is_err() {
-            return Ok(EFAULT);
-        }
-        rest = tail;
-    }
-    let count = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-    Ok(match write_at(caller, nread, &count.to_le_bytes()) {
+    Ok(match crate::fs::scatter(caller, &buffers, &bytes, nread) {
         Ok(()) => ESUCCESS,
         Err(e) => e,
     })

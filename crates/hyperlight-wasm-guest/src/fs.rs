@@ -9,13 +9,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 
 use hyperlight_wasm_protocol::message::{ErrorCode, FsCall, FsReply, OutCall, OutCallReply};
-use wasmtime::{Caller, Extern, Memory};
+use wasmtime::Caller;
 
 use crate::abi::Fault;
 use crate::host;
-use crate::imports::{ask_host, write_at};
+use crate::imports::{ask_host, memory_of, write_at};
 use crate::runtime::Limits;
-use crate::ungranted::{EBADF, EFAULT, ESUCCESS, is_stdio};
+use crate::ungranted::{EBADF, EFAULT, EINVAL, ESUCCESS, is_stdio};
 
 const EILSEQ: i32 = 25;
 const ENAMETOOLONG: i32 = 37;
@@ -49,14 +49,9 @@ pub(crate) fn fd_of(fd: i32) -> u32 {
     fd.cast_unsigned()
 }
 
-pub(crate) fn memory(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
-    let name = caller.data().abi.memory.clone();
-    caller.get_export(&name).and_then(Extern::into_memory)
-}
-
 /// The path of `len` bytes at `ptr`.
 pub(crate) fn path(caller: &mut Caller<'_, Limits>, ptr: i32, len: i32) -> Answer<String> {
-    let memory = memory(caller).ok_or(EFAULT)?;
+    let memory = memory_of(caller).ok_or(EFAULT)?;
     let (start, len) = (ptr.cast_unsigned() as usize, len.cast_unsigned() as usize);
     if len > host::transfer_limit() {
         return Err(ENAMETOOLONG);
@@ -73,8 +68,12 @@ pub(crate) fn path(caller: &mut Caller<'_, Limits>, ptr: i32, len: i32) -> Answe
 
 /// The (pointer, length) pairs of `count` iovecs at `iovs`, checked against
 /// memory.
-fn iovecs(caller: &mut Caller<'_, Limits>, iovs: i32, count: i32) -> Answer<Vec<(usize, usize)>> {
-    let memory = memory(caller).ok_or(EFAULT)?;
+pub(crate) fn iovecs(
+    caller: &mut Caller<'_, Limits>,
+    iovs: i32,
+    count: i32,
+) -> Answer<Vec<(usize, usize)>> {
+    let memory = memory_of(caller).ok_or(EFAULT)?;
     let data = memory.data(&*caller);
     let mut out = Vec::new();
     for i in 0..count.cast_unsigned() as usize {
@@ -132,23 +131,44 @@ pub fn read(
             Ok(other) => return Err(wrong(&other)),
             Err(e) => return Ok(Err(e)),
         };
-        let Some(memory) = memory(caller) else {
-            return Ok(Err(EFAULT));
-        };
-        let mut rest: &[u8] = &bytes;
-        for (ptr, len) in buffers {
-            if rest.is_empty() {
-                break;
-            }
-            let (piece, tail) = rest.split_at(len.min(rest.len()));
-            if memory.write(&mut *caller, ptr, piece).is_err() {
-                return Ok(Err(EFAULT));
-            }
-            rest = tail;
-        }
-        let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
-        Ok(write_at(caller, nread, &n.to_le_bytes()))
+        Ok(scatter(caller, &buffers, &bytes, nread))
     })
+}
+
+/// The bytes of the `count` iovecs at `iovs`, in order: what a write
+/// writes.
+pub(crate) fn gather(caller: &mut Caller<'_, Limits>, iovs: i32, count: i32) -> Answer<Vec<u8>> {
+    let buffers = iovecs(caller, iovs, count)?;
+    let memory = memory_of(caller).ok_or(EFAULT)?;
+    let data = memory.data(&*caller);
+    let mut bytes = Vec::new();
+    for (ptr, len) in buffers {
+        // `iovecs` checked each range against memory.
+        bytes.extend_from_slice(&data[ptr..ptr + len]);
+    }
+    Ok(bytes)
+}
+
+/// Spreads `bytes` over `buffers` (checked iovecs) in order and stores how
+/// many there were at `nread`: the end of every read.
+pub(crate) fn scatter(
+    caller: &mut Caller<'_, Limits>,
+    buffers: &[(usize, usize)],
+    bytes: &[u8],
+    nread: i32,
+) -> Answer<()> {
+    let memory = memory_of(caller).ok_or(EFAULT)?;
+    let mut rest = bytes;
+    for &(ptr, len) in buffers {
+        if rest.is_empty() {
+            break;
+        }
+        let (piece, tail) = rest.split_at(len.min(rest.len()));
+        memory.write(&mut *caller, ptr, piece).map_err(|_| EFAULT)?;
+        rest = tail;
+    }
+    let n = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
+    write_at(caller, nread, &n.to_le_bytes())
 }
 
 /// `fd_write` and `fd_pwrite` on a host descriptor: every byte of the
@@ -162,17 +182,10 @@ pub fn write(
     nwritten: i32,
 ) -> wasmtime::Result<i32> {
     answer(|| {
-        let buffers = match iovecs(caller, iovs, count) {
-            Ok(b) => b,
+        let bytes = match gather(caller, iovs, count) {
+            Ok(bytes) => bytes,
             Err(e) => return Ok(Err(e)),
         };
-        let Some(memory) = memory(caller) else {
-            return Ok(Err(EFAULT));
-        };
-        let mut bytes = Vec::new();
-        for (ptr, len) in buffers {
-            bytes.extend_from_slice(&memory.data(&*caller)[ptr..ptr + len]);
-        }
         let mut written = 0usize;
         // An empty write is still one request: it reports a bad descriptor.
         let pieces: Vec<&[u8]> = if bytes.is_empty() {
@@ -227,7 +240,7 @@ pub fn seek(
 ) -> wasmtime::Result<i32> {
     answer(|| {
         let Ok(whence) = u8::try_from(whence) else {
-            return Ok(Err(28));
+            return Ok(Err(EINVAL));
         };
         match host(FsCall::Seek {
             fd: fd_of(fd),

@@ -25,9 +25,7 @@ use crate::runtime::Limits;
 /// The WASI module name.
 const WASI: &str = "wasi_snapshot_preview1";
 
-// WASI errno values (the rest are in `ungranted`).
-const EINVAL: i32 = 28;
-use crate::ungranted::{EBADF, EFAULT, ENOTCAPABLE, ESPIPE, ESUCCESS, is_stdio};
+use crate::ungranted::{EBADF, EFAULT, EINVAL, ENOTCAPABLE, ESPIPE, ESUCCESS, is_stdio};
 
 /// WASI `proc_exit`: ends the call; the host reports the exit code.
 #[derive(Debug)]
@@ -56,7 +54,7 @@ fn caller_memory(caller: &mut Caller<'_, Limits>) -> ModuleMemory {
 }
 
 /// The module's memory (the export its ABI names), for WASI.
-fn memory_of(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
+pub(crate) fn memory_of(caller: &mut Caller<'_, Limits>) -> Option<Memory> {
     let name = caller.data().abi.memory.clone();
     caller.get_export(&name).and_then(Extern::into_memory)
 }
@@ -242,12 +240,6 @@ fn define_host_function(
     Ok(())
 }
 
-/// Reads a little-endian `u32` at `at`.
-fn read_u32(data: &[u8], at: usize) -> Option<u32> {
-    let bytes = data.get(at..at.checked_add(4)?)?;
-    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
-}
-
 /// Writes `bytes` at guest address `at`, or reports EFAULT.
 pub fn write_at(caller: &mut Caller<'_, Limits>, at: i32, bytes: &[u8]) -> Result<(), i32> {
     let memory = memory_of(caller).ok_or(EFAULT)?;
@@ -281,27 +273,10 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
             if fd != 1 && fd != 2 {
                 return crate::fs::write(&mut caller, fd, iovs, iovs_len, None, nwritten);
             }
-            let Some(memory) = memory_of(&mut caller) else {
-                return Ok(EFAULT);
+            let bytes = match crate::fs::gather(&mut caller, iovs, iovs_len) {
+                Ok(bytes) => bytes,
+                Err(e) => return Ok(e),
             };
-            let data = memory.data(&caller);
-            let mut bytes = Vec::new();
-            for i in 0..iovs_len.cast_unsigned() as usize {
-                let Some(at) = i
-                    .checked_mul(8)
-                    .and_then(|o| o.checked_add(iovs.cast_unsigned() as usize))
-                else {
-                    return Ok(EFAULT);
-                };
-                let (Some(ptr), Some(len)) = (read_u32(data, at), read_u32(data, at + 4)) else {
-                    return Ok(EFAULT);
-                };
-                let (ptr, len) = (ptr as usize, len as usize);
-                let Some(chunk) = data.get(ptr..).and_then(|t| t.get(..len)) else {
-                    return Ok(EFAULT);
-                };
-                bytes.extend_from_slice(chunk);
-            }
             // WASI's count is 32 bits: saturate (a wasm32 module cannot use more).
             let written = u32::try_from(bytes.len()).unwrap_or(u32::MAX);
             print(&bytes, fd == 2)?;

@@ -11,14 +11,12 @@
 use alloc::vec::Vec;
 
 use hyperlight_wasm_protocol::message::{ErrorCode, OutCall, OutCallReply};
-use wasmtime::{Caller, Extern};
+use wasmtime::Caller;
 
 use crate::abi::Fault;
 use crate::imports::{ask_host, write_at};
 use crate::runtime::Limits;
-use crate::ungranted::{EBADF, EFAULT, ESUCCESS};
-
-const EINVAL: i32 = 28;
+use crate::ungranted::{EBADF, EFAULT, EINVAL, ESUCCESS};
 
 /// Subscription and event tags.
 const CLOCK: u8 = 0;
@@ -187,8 +185,7 @@ fn event(userdata: u64, error: i32, tag: u8, nbytes: u64, flags: u16) -> [u8; EV
 
 /// `len` bytes of the module's memory at `at`, if they are inside it.
 fn read(caller: &mut Caller<'_, Limits>, at: i32, len: usize) -> Option<Vec<u8>> {
-    let name = caller.data().abi.memory.clone();
-    let memory = caller.get_export(&name).and_then(Extern::into_memory)?;
+    let memory = crate::imports::memory_of(caller)?;
     let start = at.cast_unsigned() as usize;
     memory
         .data(&*caller)

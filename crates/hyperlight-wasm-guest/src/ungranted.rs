@@ -24,6 +24,7 @@ const WASI: &str = "wasi_snapshot_preview1";
 pub const ESUCCESS: i32 = 0;
 pub const EBADF: i32 = 8;
 pub const EFAULT: i32 = 21;
+pub const EINVAL: i32 = 28;
 pub const ENOSYS: i32 = 52;
 pub const ENOTDIR: i32 = 54;
 pub const ENOTSOCK: i32 = 57;

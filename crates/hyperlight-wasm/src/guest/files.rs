@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::FileExt;
 
 use cap_std::fs::{Dir, OpenOptions};
 use hyperlight_wasm_protocol::message::{Dirent, Filestat, FsCall, FsReply};
@@ -208,10 +208,7 @@ impl FileTable {
                 let metadata = match &self.entry(fd)?.handle {
                     Handle::Dir { dir, .. } => dir.dir_metadata().map_err(errno)?,
                     Handle::File { file, .. } => {
-                        return file
-                            .metadata()
-                            .map(|m| FsReply::Filestat(std_stat(&m)))
-                            .map_err(errno);
+                        cap_std::fs::Metadata::from_file(file).map_err(errno)?
                     }
                 };
                 Ok(FsReply::Filestat(cap_stat(&metadata)))
@@ -504,22 +501,9 @@ fn ns(secs: i64, nsec: i64) -> u64 {
         .saturating_add(u64::try_from(nsec).unwrap_or(0))
 }
 
+/// WASI's filestat of `m` (of a directory or a file).
 fn cap_stat(m: &cap_std::fs::Metadata) -> Filestat {
     use cap_std::fs::MetadataExt as _;
-    let t = m.file_type();
-    Filestat {
-        dev: m.dev(),
-        ino: m.ino(),
-        filetype: filetype(t.is_dir(), t.is_symlink(), t.is_file()),
-        nlink: m.nlink(),
-        size: m.len(),
-        atim: ns(m.atime(), m.atime_nsec()),
-        mtim: ns(m.mtime(), m.mtime_nsec()),
-        ctim: ns(m.ctime(), m.ctime_nsec()),
-    }
-}
-
-fn std_stat(m: &std::fs::Metadata) -> Filestat {
     let t = m.file_type();
     Filestat {
         dev: m.dev(),

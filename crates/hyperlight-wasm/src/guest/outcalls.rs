@@ -196,15 +196,13 @@ impl HostServices {
                 };
                 Ok(self.print(stream, &text))
             }
-            OutCall::Fs(call) => {
-                let room = usize::try_from(reply_capacity.saturating_sub(64)).unwrap_or(0);
-                Ok(OutCallReply::Fs(self.files.serve(call, room)))
-            }
+            OutCall::Fs(call) => Ok(OutCallReply::Fs(
+                self.files.serve(call, reply_room(reply_capacity)),
+            )),
             OutCall::Args => Ok(OutCallReply::Strings(self.wasi.args.clone())),
             OutCall::Environ => Ok(OutCallReply::Strings(self.wasi.environ.clone())),
             OutCall::ReadStdin { max } => {
-                // The reply must fit the input buffer.
-                let room = usize::try_from(reply_capacity.saturating_sub(64)).unwrap_or(0);
+                let room = reply_room(reply_capacity);
                 let wasi = &mut self.wasi;
                 let left = wasi.stdin.len() - wasi.stdin_read;
                 let n = left.min(max as usize).min(room);
@@ -214,9 +212,7 @@ impl HostServices {
             }
             OutCall::Clock { realtime } => Ok(OutCallReply::Time(clock_ns(realtime))),
             OutCall::Random { len } => {
-                // The reply must fit the input buffer.
-                let limit = reply_capacity.saturating_sub(64);
-                if u64::from(len) > limit {
+                if len as usize > reply_room(reply_capacity) {
                     return Err(unexpected(
                         "a random request that fits the input buffer",
                         &len,
@@ -292,6 +288,12 @@ impl HostServices {
             }
         })
     }
+}
+
+/// The bytes of data a reply may carry so that it still fits an input
+/// buffer of `capacity` bytes with the message around it.
+fn reply_room(capacity: u64) -> usize {
+    usize::try_from(capacity.saturating_sub(64)).unwrap_or(usize::MAX)
 }
 
 /// Nanoseconds on the realtime clock (since the Unix epoch) or on a
