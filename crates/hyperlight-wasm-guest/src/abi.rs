@@ -51,6 +51,7 @@ fn val_type(abi: WasmAbi) -> ValType {
         WasmAbi::I64 => ValType::I64,
         WasmAbi::F32 => ValType::F32,
         WasmAbi::F64 => ValType::F64,
+        WasmAbi::V128 => ValType::V128,
     }
 }
 
@@ -93,6 +94,7 @@ pub fn scalar_to_wasm(value: &Value) -> Option<Val> {
         Value::U64(v) => Val::I64(v.cast_signed()),
         Value::F32(v) => Val::F32(v.to_bits()),
         Value::F64(v) => Val::F64(v.to_bits()),
+        Value::V128(v) => Val::V128((*v).into()),
         Value::Void | Value::String(_) | Value::Bytes(_) => return None,
     })
 }
@@ -107,6 +109,7 @@ pub fn scalar_from_wasm(val: &Val, ty: ValueType) -> Option<Value> {
         (Val::I64(v), ValueType::U64) => Value::U64(v.cast_unsigned()),
         (Val::F32(v), ValueType::F32) => Value::F32(f32::from_bits(*v)),
         (Val::F64(v), ValueType::F64) => Value::F64(f64::from_bits(*v)),
+        (Val::V128(v), ValueType::V128) => Value::V128(v.as_u128()),
         _ => return None,
     })
 }

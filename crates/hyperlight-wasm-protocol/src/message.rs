@@ -47,6 +47,7 @@ macro_rules! value_types {
             (Bool, bool, "bool", Bool, [I32], [I32], "A `bool`, carried in a wasm `i32` (0 or 1)."),
             (String, String, "String", String, [I32], [I32], "UTF-8 text: an `i32` pointer to NUL-terminated UTF-8 in the module's memory."),
             (Bytes, Vec<u8>, "Vec<u8>", VecBytes, [I32, I32], [I32], "A byte buffer: pointer and length as an argument, a pointer to a little-endian `u32` length and the bytes as a result."),
+            (V128, u128, "u128", V128, [V128], [V128], "A wasm `v128` (SIMD), as the `u128` of its little-endian bytes."),
         }
     };
 }
@@ -62,6 +63,8 @@ pub enum WasmAbi {
     F32,
     /// `f64`.
     F64,
+    /// `v128`.
+    V128,
 }
 
 macro_rules! protocol_values {

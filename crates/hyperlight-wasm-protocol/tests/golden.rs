@@ -146,12 +146,14 @@ fn values_and_their_types() {
         (Value::Bool(false), &[7, 0]),
         (Value::String(String::from("s")), &[8, 1, b's']),
         (Value::Bytes(vec![1]), &[9, 1, 1]),
+        // A varint, like every integer.
+        (Value::V128(300), &[10, 0xac, 0x02]),
     ]);
     let names: Vec<&str> = ValueType::ALL.iter().map(|t| t.name()).collect();
     assert_eq!(
         names,
         [
-            "()", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "String", "Vec<u8>"
+            "()", "i32", "u32", "i64", "u64", "f32", "f64", "bool", "String", "Vec<u8>", "u128"
         ]
     );
     for (index, ty) in ValueType::ALL.iter().enumerate() {

@@ -105,6 +105,11 @@ pub use compile::{
     set_module_cache_max_bytes,
 };
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
+/// The host's decoding and serving code with hostile input, for the fuzz
+/// targets in `fuzz/`; not a stable API (only with the `__fuzz` feature).
+#[cfg(feature = "__fuzz")]
+#[doc(hidden)]
+pub use guest::fuzzing as __fuzz;
 pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
 pub use sandbox::{

@@ -136,6 +136,16 @@ fn compiler() -> Result<&'static Compiler> {
                 .filter(|(_, feature)| guest_has_feature(feature))
                 .map(|(flag, _)| *flag)
                 .collect();
+            // Without SSE4.1 Cranelift rounds floats (`f32.floor` and the
+            // like) by calling wasmtime's library functions with the floats
+            // in SSE registers, and the guest, a soft-float build, would
+            // read them from general-purpose ones: wrong results, silently.
+            if !flags.contains(&"has_sse41") {
+                return Err(String::from(
+                    "the guest's CPU lacks SSE4.1 (CPUID leaf 1, ECX bit 19), which \
+                     hyperlight-wasm needs for WebAssembly float rounding",
+                ));
+            }
             for flag in &flags {
                 // SAFETY: the guest's vCPU reports this feature (it is in the
                 // CPUID KVM hands it); the guest's wasmtime checks every

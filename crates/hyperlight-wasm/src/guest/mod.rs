@@ -23,6 +23,10 @@
 mod channel;
 mod errors;
 mod files;
+#[cfg(feature = "__fuzz")]
+pub mod fuzzing;
+#[cfg(test)]
+mod hostile;
 mod images;
 mod outcalls;
 #[cfg(test)]

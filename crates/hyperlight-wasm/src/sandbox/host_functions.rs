@@ -116,7 +116,7 @@ impl ImportName {
     }
 
     /// `name` in module `env`.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn env(name: &str) -> ImportName {
         ImportName::new(Self::ENV, name)
     }

@@ -355,6 +355,7 @@ fn same_shape(abi: &[WasmAbi], export: &[WasmType]) -> bool {
                     | (WasmAbi::I64, WasmType::I64)
                     | (WasmAbi::F32, WasmType::F32)
                     | (WasmAbi::F64, WasmType::F64)
+                    | (WasmAbi::V128, WasmType::V128)
             )
         })
 }

@@ -78,6 +78,7 @@ mod tests {
             ReturnType::Bool,
             ReturnType::String,
             ReturnType::VecBytes,
+            ReturnType::V128,
             ReturnType::Void,
         ];
         let mut types: Vec<ValueType> = all.iter().map(|r| ValueType::from(*r)).collect();

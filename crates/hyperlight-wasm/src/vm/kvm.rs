@@ -55,9 +55,10 @@ fn open() -> Result<KvmHandle, VmError> {
             });
         }
     }
-    let cpuid = kvm
+    let mut cpuid = kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(VmError::kvm("KVM_GET_SUPPORTED_CPUID"))?;
+    expose_host_features(&mut cpuid);
     let sync_regs = kvm.check_extension(Cap::SyncRegs);
     let manual = kvm.check_extension_raw(libc::c_ulong::from(
         kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
@@ -82,20 +83,8 @@ impl KvmHandle {
     /// This is not always what the host CPU has: a KVM may hide features
     /// (seen: a nested KVM without LZCNT on a CPU with it).
     pub(crate) fn vcpu_has_feature(&self, feature: &str) -> bool {
-        // (leaf, register, bit)
-        const ECX: usize = 2;
-        const EBX: usize = 1;
-        let (leaf, register, bit) = match feature {
-            "sse3" => (1, ECX, 0),
-            "ssse3" => (1, ECX, 9),
-            "cmpxchg16b" => (1, ECX, 13),
-            "sse4.1" => (1, ECX, 19),
-            "sse4.2" => (1, ECX, 20),
-            "popcnt" => (1, ECX, 23),
-            "bmi1" => (7, EBX, 3),
-            "bmi2" => (7, EBX, 8),
-            "lzcnt" => (0x8000_0001, ECX, 5),
-            _ => return false,
+        let Some(&(_, leaf, register, bit)) = FEATURE_BITS.iter().find(|f| f.0 == feature) else {
+            return false;
         };
         let entry = |function: u32| {
             self.cpuid
@@ -113,6 +102,60 @@ impl KvmHandle {
             let value = [e.eax, e.ebx, e.ecx, e.edx][register];
             value >> bit & 1 == 1
         })
+    }
+}
+
+const EBX: usize = 1;
+const ECX: usize = 2;
+
+/// Where CPUID reports each of `ISA_FEATURES`: (wasmtime feature name,
+/// leaf, register, bit).
+const FEATURE_BITS: [(&str, u32, usize, u32); 9] = [
+    ("sse3", 1, ECX, 0),
+    ("ssse3", 1, ECX, 9),
+    ("cmpxchg16b", 1, ECX, 13),
+    ("sse4.1", 1, ECX, 19),
+    ("sse4.2", 1, ECX, 20),
+    ("popcnt", 1, ECX, 23),
+    ("bmi1", 7, EBX, 3),
+    ("bmi2", 7, EBX, 8),
+    ("lzcnt", 0x8000_0001, ECX, 5),
+];
+
+/// Sets, in the CPUID the vCPUs get, the bits of `FEATURE_BITS` that this
+/// process's own CPUID reports.
+///
+/// Some KVMs leave these out of `KVM_GET_SUPPORTED_CPUID` although the CPU
+/// has them (seen here: a nested KVM reporting neither SSE3, SSSE3, SSE4.1,
+/// SSE4.2 nor POPCNT on a CPU with all of them). They are plain user-mode
+/// instructions that no hypervisor intercepts, so the vCPU, running on the
+/// CPU this process runs on, executes them whatever CPUID says. Without
+/// them the host would compile for a CPU without SSE4.1, and Cranelift
+/// would call wasmtime's float-rounding library functions, which the
+/// guest's soft-float build cannot be called with (`f32.floor` returned its
+/// argument; the spec suite found it).
+fn expose_host_features(cpuid: &mut CpuId) {
+    for &(_, leaf, register, bit) in &FEATURE_BITS {
+        // Leaves beyond the maximum return other leaves' values: checked.
+        let max = std::arch::x86_64::__cpuid(leaf & 0x8000_0000).eax;
+        let host = std::arch::x86_64::__cpuid_count(leaf, 0);
+        if max < leaf {
+            continue;
+        }
+        let host = [host.eax, host.ebx, host.ecx, host.edx][register];
+        if host >> bit & 1 == 0 {
+            continue;
+        }
+        if let Some(entry) = cpuid
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == leaf && e.index == 0)
+        {
+            match register {
+                EBX => entry.ebx |= 1 << bit,
+                _ => entry.ecx |= 1 << bit,
+            }
+        }
     }
 }
 

@@ -29,7 +29,7 @@ pub(crate) mod memory;
 pub(crate) mod reaper;
 mod run;
 pub(crate) mod snapshot;
-#[cfg(test)]
+#[cfg(any(test, feature = "__fuzz"))]
 pub(crate) mod testing;
 pub(crate) mod tracking;
 mod vcpu_state;
@@ -214,7 +214,7 @@ impl Vm {
 
     /// Creates a VM running `image` (a test guest), stopped at its entry
     /// point.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "__fuzz"))]
     pub(crate) fn with_image(
         sizes: &Sizes,
         limits: CallLimits,
@@ -311,6 +311,12 @@ impl Vm {
     }
 
     /// Guest memory.
+    /// The vCPU, for tests that break its state on purpose.
+    #[cfg(test)]
+    pub(crate) fn vcpu(&self) -> &VcpuFd {
+        &self.vcpu
+    }
+
     pub(crate) fn memory(&self) -> &GuestMemory {
         &self.memory
     }

@@ -1,6 +1,17 @@
 //! Test-only guests: a few hand-assembled x86-64 instructions at the image
 //! base, for exercising the VMM and the protocol with guests that misbehave
-//! in exactly one way.
+//! in exactly one way. Test support (and, with the `__fuzz` feature, what
+//! the fuzz targets drive): its guests are a few kilobytes, so its casts
+//! hold.
+#![allow(
+    clippy::cast_possible_truncation,
+    clippy::cast_possible_wrap,
+    reason = "raw guests and their offsets are far below 2 GiB"
+)]
+#![cfg_attr(
+    not(test),
+    allow(dead_code, reason = "the fuzz targets use only part of it")
+)]
 
 use hyperlight_wasm_protocol::boot::IMAGE_BASE;
 use hyperlight_wasm_protocol::port::Port;
@@ -31,6 +42,7 @@ pub(crate) fn layout() -> Layout {
 pub(crate) struct RawGuest {
     code: Vec<u8>,
     data: Vec<u8>,
+    read_only: bool,
 }
 
 impl RawGuest {
@@ -42,6 +54,42 @@ impl RawGuest {
     pub(crate) fn code(mut self, bytes: &[u8]) -> RawGuest {
         self.code.extend_from_slice(bytes);
         self
+    }
+
+    /// Loads the segment read-only (executable, not writable), as the real
+    /// guest's code is.
+    pub(crate) fn read_only(mut self) -> RawGuest {
+        self.read_only = true;
+        self
+    }
+
+    /// Where the next instruction goes, as an offset from the image base.
+    pub(crate) fn here(&self) -> usize {
+        self.code.len()
+    }
+
+    /// `jmp` back to `target` (an offset from [`RawGuest::here`]).
+    pub(crate) fn jmp_to(self, target: usize) -> RawGuest {
+        let rel = target as i64 - (self.code.len() as i64 + 5);
+        self.code(&[0xe9]).code(&(rel as i32).to_le_bytes())
+    }
+
+    /// Runs `code` only if the byte at guest address `addr` is `value`
+    /// (`movzx eax, byte [addr]; cmp al, value; jne past`).
+    pub(crate) fn if_byte(self, addr: u64, value: u8, code: &[u8]) -> RawGuest {
+        let addr = u32::try_from(addr).expect("a 32-bit address");
+        self.code(&[0x0f, 0xb6, 0x04, 0x25])
+            .code(&addr.to_le_bytes())
+            .code(&[0x3c, value, 0x0f, 0x85])
+            .code(&(code.len() as u32).to_le_bytes())
+            .code(code)
+    }
+
+    /// Overwrites the 32-bit displacement at `at` (an offset from the image
+    /// base) with `rel`.
+    pub(crate) fn patch_rel32(&mut self, at: usize, rel: i64) {
+        let rel = i32::try_from(rel).expect("a 32-bit displacement");
+        self.code[at..at + 4].copy_from_slice(&rel.to_le_bytes());
     }
 
     /// `mov rax, value`.
@@ -101,7 +149,7 @@ impl RawGuest {
                 addr: IMAGE_BASE,
                 data: &bytes,
                 mem_size: bytes.len() as u64,
-                writable: true,
+                writable: !self.read_only,
                 executable: true,
             }],
         };
@@ -109,6 +157,7 @@ impl RawGuest {
     }
 }
 
+#[cfg(test)]
 /// For tests of process-wide state: runs the test `name` (its full path,
 /// e.g. `vm::tests::x`) again in a child process of its own and checks
 /// that it passed there. Returns `true` in that child, where the test does
@@ -135,6 +184,7 @@ pub(crate) fn in_child_process(name: &str) -> bool {
     false
 }
 
+#[cfg(test)]
 /// Mappings of snapshot images this process has now (lines of
 /// `/proc/self/maps`).
 pub(crate) fn snapshot_mappings() -> usize {

@@ -329,3 +329,49 @@ fn the_dynamic_api_carries_every_type() {
         Err(hyperlight_wasm::Error::GuestFunctionReturnTypeMismatch { .. })
     ));
 }
+
+#[test]
+fn v128_values_cross_both_ways_and_through_host_functions() {
+    require_kvm();
+    let mut proto = SandboxBuilder::new().build().unwrap();
+    proto
+        .register("host_v128", |v: u128| v.rotate_left(8))
+        .unwrap();
+    let mut sb = proto
+        .load_runtime()
+        .unwrap()
+        .load_module_from_buffer(
+            br#"(module
+              (import "env" "host_v128" (func $h (param v128) (result v128)))
+              (func (export "add") (param v128 v128) (result v128)
+                (i32x4.add (local.get 0) (local.get 1)))
+              (func (export "through_host") (param v128) (result v128)
+                (call $h (local.get 0))))"#,
+        )
+        .unwrap();
+    // Lanes are little-endian: lane 0 is the low 32 bits.
+    let a = u128::from_le_bytes([1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    let b = u128::from_le_bytes([1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0]);
+    let sum = u128::from_le_bytes([2, 0, 0, 0, 3, 0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(sb.call_guest_function::<u128>("add", (a, b)).unwrap(), sum);
+    assert_eq!(
+        sb.call_guest_function_dynamic(
+            "add",
+            &[ParameterValue::V128(a), ParameterValue::V128(b)],
+            ReturnType::V128
+        )
+        .unwrap(),
+        ReturnValue::V128(sum)
+    );
+    for v in [0, 1, u128::MAX, 0x0123_4567_89ab_cdef_0011_2233_4455_6677] {
+        assert_eq!(
+            sb.call_guest_function::<u128>("through_host", v).unwrap(),
+            v.rotate_left(8)
+        );
+    }
+    // A v128 export is not an i64 one.
+    assert!(matches!(
+        sb.call_guest_function::<i64>("add", (a, b)),
+        Err(hyperlight_wasm::Error::GuestFunctionReturnTypeMismatch { .. })
+    ));
+}
