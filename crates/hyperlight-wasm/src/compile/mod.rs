@@ -86,23 +86,7 @@ pub fn set_compile_threads(threads: Option<NonZeroUsize>) -> Result<()> {
 fn guest_has_feature(feature: &str) -> bool {
     match crate::vm::kvm_handle() {
         Ok(kvm) => kvm.vcpu_has_feature(feature),
-        Err(_) => host_has_feature(feature),
-    }
-}
-
-/// Whether this CPU has `feature` (a name from `ISA_FEATURES`).
-fn host_has_feature(feature: &str) -> bool {
-    match feature {
-        "sse3" => std::arch::is_x86_feature_detected!("sse3"),
-        "ssse3" => std::arch::is_x86_feature_detected!("ssse3"),
-        "sse4.1" => std::arch::is_x86_feature_detected!("sse4.1"),
-        "sse4.2" => std::arch::is_x86_feature_detected!("sse4.2"),
-        "popcnt" => std::arch::is_x86_feature_detected!("popcnt"),
-        "lzcnt" => std::arch::is_x86_feature_detected!("lzcnt"),
-        "bmi1" => std::arch::is_x86_feature_detected!("bmi1"),
-        "bmi2" => std::arch::is_x86_feature_detected!("bmi2"),
-        "cmpxchg16b" => std::arch::is_x86_feature_detected!("cmpxchg16b"),
-        _ => false,
+        Err(_) => crate::vm::host_has_feature(feature),
     }
 }
 

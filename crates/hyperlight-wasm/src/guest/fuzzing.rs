@@ -2,20 +2,14 @@
 //! stable API): the host's own decoding and serving code, and real VMs
 //! running raw guests, driven with bytes a fuzzer chooses.
 
-use std::sync::{Arc, Mutex};
-
 use hyperlight_wasm_protocol::message::{Response, Value, ValueType};
 use hyperlight_wasm_protocol::port::Port;
 use hyperlight_wasm_protocol::wire::{self, HEADER_LEN, HEADER_MAGIC, encode_to_vec};
 
 use super::host_functions::{ImportName, Registered};
-use super::outcalls::{HostServices, PrintFn};
+use super::outcalls::{HostServices, quiet};
 use super::{Guest, PROTOCOL_VERSION, errors};
 use crate::vm::testing::{RawGuest, SIZES};
-
-fn quiet() -> PrintFn {
-    Arc::new(Mutex::new(|_: crate::sandbox::OutputStream, _: &str| {}))
-}
 
 /// Registers the host functions the fuzzed guests may call: one that adds,
 /// one that echoes a string, one that fails and one that panics.

@@ -12,6 +12,7 @@ use hyperlight_wasm_protocol::message::{OutCall, Request, Response, Value, Value
 use hyperlight_wasm_protocol::port::Port;
 use hyperlight_wasm_protocol::wire::{HEADER_LEN, encode_to_vec};
 
+use super::outcalls::quiet;
 use super::*;
 use crate::error::{FaultCause, GuestException};
 use crate::vm::layout::{BOOT_INFO, EXCEPTION_STACK, EXCEPTION_STUBS, GDT, IDT, PAGE_TABLES, TSS};
@@ -73,12 +74,6 @@ fn guest_from(raw: RawGuest, attack: &[u8]) -> Guest {
     let mut g = Guest::new(raw.vm_with(limits), quiet(), false);
     g.boot().unwrap();
     g
-}
-
-fn quiet() -> PrintFn {
-    Arc::new(std::sync::Mutex::new(
-        |_: crate::sandbox::OutputStream, _: &str| {},
-    ))
 }
 
 fn attack(g: &mut Guest, operand: u64) -> Result<Value> {

@@ -24,6 +24,13 @@ use crate::sandbox::{OutputStream, WasiConfig};
 /// are serialized.
 pub(crate) type PrintFn = Arc<Mutex<dyn FnMut(OutputStream, &str) + Send>>;
 
+/// A print function that drops what it is given (for raw-guest tests and
+/// the fuzz targets).
+#[cfg(any(test, feature = "__fuzz"))]
+pub(crate) fn quiet() -> PrintFn {
+    Arc::new(Mutex::new(|_: OutputStream, _: &str| {}))
+}
+
 /// The WASI configuration a sandbox grants, and how far stdin was read.
 #[derive(Debug, Default)]
 pub(crate) struct WasiState {

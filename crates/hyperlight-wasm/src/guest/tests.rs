@@ -77,12 +77,7 @@ fn sandboxes_of_one_configuration_share_their_images() {
     assert!(!same(&raw().runtime_snapshot, &raw().runtime_snapshot));
 }
 
-/// A print function that drops what it is given.
-fn quiet() -> PrintFn {
-    Arc::new(std::sync::Mutex::new(
-        |_: crate::sandbox::OutputStream, _: &str| {},
-    ))
-}
+use super::outcalls::quiet;
 
 fn guest(raw: RawGuest) -> Guest {
     Guest::new(raw.vm(), quiet(), false)

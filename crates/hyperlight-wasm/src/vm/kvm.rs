@@ -135,15 +135,8 @@ const FEATURE_BITS: [(&str, u32, usize, u32); 9] = [
 /// guest's soft-float build cannot be called with (`f32.floor` returned its
 /// argument; the spec suite found it).
 fn expose_host_features(cpuid: &mut CpuId) {
-    for &(_, leaf, register, bit) in &FEATURE_BITS {
-        // Leaves beyond the maximum return other leaves' values: checked.
-        let max = std::arch::x86_64::__cpuid(leaf & 0x8000_0000).eax;
-        let host = std::arch::x86_64::__cpuid_count(leaf, 0);
-        if max < leaf {
-            continue;
-        }
-        let host = [host.eax, host.ebx, host.ecx, host.edx][register];
-        if host >> bit & 1 == 0 {
+    for &(feature, leaf, register, bit) in &FEATURE_BITS {
+        if !host_has_feature(feature) {
             continue;
         }
         if let Some(entry) = cpuid
@@ -157,6 +150,20 @@ fn expose_host_features(cpuid: &mut CpuId) {
             }
         }
     }
+}
+
+/// Whether this process's CPU reports `feature` (a name from
+/// `ISA_FEATURES`) in its own CPUID.
+pub(crate) fn host_has_feature(feature: &str) -> bool {
+    let Some(&(_, leaf, register, bit)) = FEATURE_BITS.iter().find(|f| f.0 == feature) else {
+        return false;
+    };
+    // Leaves beyond the maximum return other leaves' values: checked.
+    if std::arch::x86_64::__cpuid(leaf & 0x8000_0000).eax < leaf {
+        return false;
+    }
+    let host = std::arch::x86_64::__cpuid_count(leaf, 0);
+    [host.eax, host.ebx, host.ecx, host.edx][register] >> bit & 1 == 1
 }
 
 /// Whether this process can create sandboxes: `/dev/kvm` opens and offers

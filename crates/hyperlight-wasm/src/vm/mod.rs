@@ -53,7 +53,7 @@ pub(crate) use self::exits::{Exit, GuestExit};
 use self::images::ImageKey;
 use self::interrupt::{InterruptHandle, Interrupts};
 pub use self::kvm::is_hypervisor_present;
-pub(crate) use self::kvm::kvm as kvm_handle;
+pub(crate) use self::kvm::{host_has_feature, kvm as kvm_handle};
 use self::layout::{Layout, Sizes};
 use self::memory::GuestMemory;
 use self::run::KvmRun;
