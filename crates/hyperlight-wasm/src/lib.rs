@@ -98,7 +98,8 @@ mod metrics;
 mod sandbox;
 mod vm;
 
-pub use compile::artifact::{ExportedFunction, WasmType};
+pub use compile::artifact::{ExportedFunction, Import, ImportKind, WasmType};
+pub use compile::inspect::{ArtifactInfo, Inspection, ModuleKind, inspect};
 pub use compile::{
     ArtifactKey, DEFAULT_DISK_CACHE_BYTES, DEFAULT_MAX_MODULE_SIZE, compile_module,
     compile_module_authenticated, set_compile_threads, set_max_module_size, set_module_cache_dir,

@@ -105,6 +105,93 @@ impl ExportedFunction {
     }
 }
 
+/// What a module imports: where from, its name, and what it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Import {
+    pub(crate) module: String,
+    pub(crate) name: String,
+    pub(crate) kind: ImportKind,
+}
+
+impl Import {
+    /// The module it is imported from (`env`, `wasi_snapshot_preview1`, ...).
+    pub fn module(&self) -> &str {
+        &self.module
+    }
+
+    /// Its name within that module.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What it is.
+    pub fn kind(&self) -> &ImportKind {
+        &self.kind
+    }
+}
+
+/// The kind of an [`Import`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ImportKind {
+    /// A function, with its signature.
+    Function {
+        /// Its parameters' types.
+        params: Vec<WasmType>,
+        /// Its results' types.
+        results: Vec<WasmType>,
+    },
+    /// A linear memory.
+    Memory,
+    /// A table.
+    Table,
+    /// A global.
+    Global,
+    /// An exception tag.
+    Tag,
+}
+
+impl std::fmt::Display for ImportKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ImportKind::Function { params, results } => {
+                f.write_str("func")?;
+                write_signature(f, params, results)
+            }
+            ImportKind::Memory => f.write_str("memory"),
+            ImportKind::Table => f.write_str("table"),
+            ImportKind::Global => f.write_str("global"),
+            ImportKind::Tag => f.write_str("tag"),
+        }
+    }
+}
+
+/// Writes ` (param i32 i32) (result i32)`, WebAssembly text's notation.
+fn write_signature(
+    f: &mut std::fmt::Formatter<'_>,
+    params: &[WasmType],
+    results: &[WasmType],
+) -> std::fmt::Result {
+    for (word, types) in [("param", params), ("result", results)] {
+        if !types.is_empty() {
+            write!(f, " ({word}")?;
+            for ty in types {
+                write!(f, " {ty}")?;
+            }
+            f.write_str(")")?;
+        }
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for ExportedFunction {
+    /// `add (param i32 i32) (result i32)`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)?;
+        write_signature(f, &self.params, &self.results)
+    }
+}
+
 /// A module's exported functions, by name.
 pub(crate) type Exports = std::collections::HashMap<String, ExportedFunction>;
 
@@ -120,6 +207,12 @@ pub(crate) struct Header {
     pub source_hash: [u8; 32],
     /// The module's exported functions.
     pub exports: Vec<ExportedFunction>,
+    /// What the module imports.
+    pub imports: Vec<Import>,
+    /// The wasmtime version that compiled it.
+    pub wasmtime_version: String,
+    /// The Cranelift ISA flags the code may use.
+    pub cpu_features: Vec<String>,
 }
 
 /// An artifact split into its parts (borrowing the bytes).
@@ -273,6 +366,16 @@ mod tests {
                 params: vec![WasmType::I32],
                 results: vec![WasmType::F64],
             }],
+            imports: vec![Import {
+                module: String::from("env"),
+                name: String::from("g"),
+                kind: ImportKind::Function {
+                    params: vec![],
+                    results: vec![WasmType::I64],
+                },
+            }],
+            wasmtime_version: String::from("48.0.8"),
+            cpu_features: vec![String::from("has_sse41")],
         }
     }
 

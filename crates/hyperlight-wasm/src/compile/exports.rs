@@ -1,11 +1,13 @@
-//! A module's exported functions and their WebAssembly types, read from the
-//! binary with wasmparser (the host knows them without asking the guest).
+//! A module's imports and exported functions with their WebAssembly types,
+//! read from the binary with wasmparser (the host knows them without asking
+//! the guest).
 
-use super::artifact::{ExportedFunction, WasmType};
+use super::artifact::{ExportedFunction, Import, ImportKind, WasmType};
 use crate::error::{Error, Result};
 
-/// The exported functions of a valid module binary, with their types.
-pub(super) fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
+/// The imports and the exported functions of a valid module binary, with
+/// their types.
+pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFunction>)> {
     use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef};
     let invalid = |e: wasmparser::BinaryReaderError| Error::InvalidModule {
         source: Box::new(e),
@@ -15,6 +17,7 @@ pub(super) fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
     let mut types: Vec<Option<(Vec<WasmType>, Vec<WasmType>)>> = Vec::new();
     let mut functions: Vec<u32> = Vec::new();
     let mut exports: Vec<(String, u32)> = Vec::new();
+    let mut imports: Vec<(String, String, TypeRef)> = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
         match payload.map_err(invalid)? {
             Payload::TypeSection(reader) => {
@@ -40,9 +43,11 @@ pub(super) fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
             }
             Payload::ImportSection(reader) => {
                 for import in reader.into_imports() {
-                    if let TypeRef::Func(ty) = import.map_err(invalid)?.ty {
+                    let import = import.map_err(invalid)?;
+                    if let TypeRef::Func(ty) | TypeRef::FuncExact(ty) = import.ty {
                         functions.push(ty);
                     }
+                    imports.push((import.module.to_owned(), import.name.to_owned(), import.ty));
                 }
             }
             Payload::FunctionSection(reader) => {
@@ -61,13 +66,37 @@ pub(super) fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
             _ => {}
         }
     }
-    exports
+    let signature = |ty: u32| types.get(ty as usize).and_then(Option::as_ref);
+    let imports = imports
+        .into_iter()
+        .map(|(module, name, ty)| {
+            let kind = match ty {
+                TypeRef::Func(ty) | TypeRef::FuncExact(ty) => {
+                    let (params, results) = signature(ty).ok_or_else(|| Error::InvalidModule {
+                        source: format!(
+                            "import `{module}::{name}` names a function without a function type"
+                        )
+                        .into(),
+                    })?;
+                    ImportKind::Function {
+                        params: params.clone(),
+                        results: results.clone(),
+                    }
+                }
+                TypeRef::Memory(_) => ImportKind::Memory,
+                TypeRef::Table(_) => ImportKind::Table,
+                TypeRef::Global(_) => ImportKind::Global,
+                TypeRef::Tag(_) => ImportKind::Tag,
+            };
+            Ok(Import { module, name, kind })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let exports = exports
         .into_iter()
         .map(|(name, index)| {
             let ty = functions
                 .get(index as usize)
-                .and_then(|ty| types.get(*ty as usize))
-                .and_then(Option::as_ref)
+                .and_then(|ty| signature(*ty))
                 .ok_or_else(|| Error::InvalidModule {
                     source: format!("export `{name}` names a function without a function type")
                         .into(),
@@ -78,5 +107,6 @@ pub(super) fn exported_functions(wasm: &[u8]) -> Result<Vec<ExportedFunction>> {
                 results: ty.1.clone(),
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((imports, exports))
 }

@@ -17,6 +17,7 @@
 pub(crate) mod artifact;
 mod cache;
 mod exports;
+pub(crate) mod inspect;
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -30,7 +31,7 @@ use wasmtime::{Engine, Precompiled};
 pub use self::artifact::ArtifactKey;
 use self::artifact::{Exports, Header};
 pub use self::cache::DEFAULT_DISK_CACHE_BYTES;
-use self::exports::exported_functions;
+use self::exports::signatures;
 use crate::error::{Error, Result};
 
 /// The default limit on the size of a module handed to the compiler:
@@ -309,11 +310,15 @@ fn compile(wasm: &[u8]) -> Result<Compiled> {
     .map_err(|e| Error::InvalidModule {
         source: e.into_boxed_dyn_error(),
     })?;
+    let (imports, exports) = signatures(&binary)?;
     let header = Header {
         crate_version: String::from(env!("CARGO_PKG_VERSION")),
         engine: compiler.id,
         source_hash: Sha256::digest(&binary).into(),
-        exports: exported_functions(&binary)?,
+        exports,
+        imports,
+        wasmtime_version: String::from(WASMTIME_VERSION),
+        cpu_features: compiler.flags.iter().map(|f| String::from(*f)).collect(),
     };
     Compiled::from_artifact(artifact::write(&header, &code, None)?)
 }

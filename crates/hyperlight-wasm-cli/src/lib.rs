@@ -1,0 +1,117 @@
+//! The `hyperlight-wasm` command: run, compile, inspect and serve
+//! WebAssembly modules in KVM micro-VMs, on the `hyperlight_wasm` library's
+//! public API only.
+//!
+//! - [`cli`]: the command line (clap).
+//! - [`run`]: `hyperlight-wasm run`, a WASI command or one export.
+//! - [`artifact`]: `hyperlight-wasm compile` and `hyperlight-wasm inspect`.
+//! - [`serve`]: `hyperlight-wasm serve`, modules over HTTP.
+//! - [`values`]: arguments and results as text and as JSON.
+//!
+//! The library part exists for the load benchmark (`benches/serve.rs`),
+//! which runs the same server with a bench-only in-process wasmtime backend.
+
+pub mod artifact;
+pub mod cli;
+pub mod run;
+pub mod serve;
+pub mod values;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+/// An error of a subcommand: what failed, with its cause chain.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// A file could not be read or written.
+    #[error("cannot {action} `{path}`")]
+    File {
+        /// `read`, `write`, ...
+        action: &'static str,
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A step of the library failed.
+    #[error("{context}")]
+    Sandbox {
+        /// What was being done.
+        context: String,
+        /// The library's error.
+        #[source]
+        source: hyperlight_wasm::Error,
+    },
+    /// The command line or an argument is not usable.
+    #[error("{0}")]
+    Usage(String),
+    /// Something else went wrong.
+    #[error("{context}")]
+    Other {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl CliError {
+    /// Wraps a library error with what was being done.
+    pub fn sandbox(context: impl Into<String>) -> impl FnOnce(hyperlight_wasm::Error) -> CliError {
+        let context = context.into();
+        move |source| CliError::Sandbox { context, source }
+    }
+}
+
+/// Reads a file, saying which one on error.
+pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
+    std::fs::read(path).map_err(|source| CliError::File {
+        action: "read",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Writes `error` and its causes on stderr, one per line.
+pub fn report(error: &dyn std::error::Error) {
+    let mut message = format!("error: {error}");
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        message.push_str(&format!("\n  caused by: {error}"));
+        cause = error.source();
+    }
+    eprintln!("{message}");
+}
+
+/// Parses the command line and runs the subcommand; the process's exit code.
+pub fn main() -> ExitCode {
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version are not errors; a bad command line is one like
+        // any other (exit code 1), with clap's message.
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let result = match cli.command {
+        cli::Command::Run(options) => run::run(options),
+        cli::Command::Compile(options) => artifact::compile(&options).map(|()| ExitCode::SUCCESS),
+        cli::Command::Inspect(options) => artifact::inspect(&options).map(|()| ExitCode::SUCCESS),
+        cli::Command::Serve(options) => serve::serve(options).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            report(&error);
+            ExitCode::FAILURE
+        }
+    }
+}
