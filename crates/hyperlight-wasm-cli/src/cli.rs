@@ -140,8 +140,9 @@ pub struct ServeOptions {
     #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub pool_size: u16,
     /// Requests per module admitted at once, running or waiting for a
-    /// sandbox; past it requests get 503. At least the pool size.
-    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..))]
+    /// sandbox; past it requests get 503. At least the pool size, at most
+    /// 65536.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_concurrency: u32,
     /// The longest a call may run before it is cancelled (504).
     #[arg(long, value_name = "DURATION", default_value = "1s", value_parser = parse_duration)]

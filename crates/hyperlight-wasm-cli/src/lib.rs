@@ -67,12 +67,41 @@ impl CliError {
 }
 
 /// Reads a file, saying which one on error.
+/// Module files and artifacts are read up to the library's module size
+/// limit, so that `inspect /dev/zero` is an error, not all of memory.
 pub(crate) fn read_file(path: &std::path::Path) -> Result<Vec<u8>, CliError> {
-    std::fs::read(path).map_err(|source| CliError::File {
+    let file = std::fs::File::open(path).map_err(|source| CliError::File {
         action: "read",
         path: path.to_owned(),
         source,
-    })
+    })?;
+    read_bounded(file, hyperlight_wasm::DEFAULT_MAX_MODULE_SIZE, path)
+}
+
+/// Reads `reader` to its end, failing past `limit` bytes.
+pub(crate) fn read_bounded(
+    reader: impl std::io::Read,
+    limit: usize,
+    name: &std::path::Path,
+) -> Result<Vec<u8>, CliError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let wanted = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    reader
+        .take(wanted)
+        .read_to_end(&mut bytes)
+        .map_err(|source| CliError::File {
+            action: "read",
+            path: name.to_owned(),
+            source,
+        })?;
+    if bytes.len() > limit {
+        return Err(CliError::Usage(format!(
+            "`{}` is larger than {limit} bytes, the most hyperlight-wasm reads",
+            name.display()
+        )));
+    }
+    Ok(bytes)
 }
 
 /// Writes `error` and its causes on stderr, one per line.

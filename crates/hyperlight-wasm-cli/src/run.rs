@@ -2,7 +2,7 @@
 //! stdio and exit code, or one export called with arguments parsed by its
 //! signature (`--invoke`).
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -11,7 +11,10 @@ use hyperlight_wasm::{
 };
 
 use crate::cli::{RunOptions, SandboxOptions};
-use crate::{CliError, read_file, values};
+use crate::{CliError, read_bounded, read_file, values};
+
+/// The most stdin a command gets (it is read before the module starts).
+const STDIN_LIMIT: usize = 256 << 20;
 
 /// The time limit when `--timeout` is not given: the longest the library
 /// allows.
@@ -74,14 +77,7 @@ fn wasi_config(options: &RunOptions) -> Result<WasiConfig, CliError> {
     // sees an empty stdin) so that commands that never read do not wait
     // for end of file.
     if options.invoke.is_none() && !std::io::stdin().is_terminal() {
-        let mut input = Vec::new();
-        std::io::stdin()
-            .read_to_end(&mut input)
-            .map_err(|source| CliError::File {
-                action: "read",
-                path: "<stdin>".into(),
-                source,
-            })?;
+        let input = read_bounded(std::io::stdin(), STDIN_LIMIT, "<stdin>".as_ref())?;
         wasi = wasi.stdin(input);
     }
     Ok(wasi)

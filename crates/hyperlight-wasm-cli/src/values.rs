@@ -22,11 +22,12 @@ pub fn type_from_name(name: &str) -> Result<ReturnType, String> {
         "bool" => ReturnType::Bool,
         "string" => ReturnType::String,
         "bytes" => ReturnType::VecBytes,
+        "v128" => ReturnType::V128,
         "void" => ReturnType::Void,
         other => {
             return Err(format!(
                 "unknown type `{other}` (types: int, uint, long, ulong, float, double, bool, \
-                 string, bytes, void)"
+                 string, bytes, v128, void)"
             ));
         }
     })
@@ -39,6 +40,7 @@ pub fn types_of(export: &ExportedFunction) -> Result<(Vec<ReturnType>, ReturnTyp
         WasmType::I64 => Ok(ReturnType::Long),
         WasmType::F32 => Ok(ReturnType::Float),
         WasmType::F64 => Ok(ReturnType::Double),
+        WasmType::V128 => Ok(ReturnType::V128),
         other => Err(format!(
             "`{}` takes or returns a {other}, which cannot be passed here",
             export.name()
@@ -115,7 +117,15 @@ pub fn parse_text(ty: ReturnType, text: &str) -> Result<ParameterValue, String> 
             ParameterValue::Long(wrap_i64(n).ok_or_else(fail)?)
         }
         ReturnType::ULong => ParameterValue::ULong(text.parse().map_err(|_| fail())?),
-        ReturnType::Float => ParameterValue::Float(text.parse().map_err(|_| fail())?),
+        ReturnType::Float => {
+            // Parsed as an f32 directly (no double rounding); a finite
+            // number past f32's range is refused, not made infinite.
+            let value: f32 = text.parse().map_err(|_| fail())?;
+            if value.is_infinite() && text.parse::<f64>().is_ok_and(f64::is_finite) {
+                return Err(fail());
+            }
+            ParameterValue::Float(value)
+        }
         ReturnType::Double => ParameterValue::Double(text.parse().map_err(|_| fail())?),
         ReturnType::Bool => ParameterValue::Bool(text.parse().map_err(|_| fail())?),
         ReturnType::String => ParameterValue::String(text.to_owned()),
@@ -127,6 +137,15 @@ pub fn parse_text(ty: ReturnType, text: &str) -> Result<ParameterValue, String> 
         ReturnType::V128 => ParameterValue::V128(text.parse().map_err(|_| fail())?),
         ReturnType::Void => return Err(String::from("a parameter cannot be void")),
     })
+}
+
+/// An `f32` from an `f64`, rounded to nearest (so the shortest text of an
+/// `f32` comes back as that `f32`); `None` for a finite value past `f32`'s
+/// range, which would otherwise become infinite.
+fn to_f32(value: f64) -> Option<f32> {
+    #[allow(clippy::cast_possible_truncation, reason = "rounding is the point")]
+    let rounded = value as f32;
+    (rounded.is_finite() || !value.is_finite()).then_some(rounded)
 }
 
 /// An `i32` from a value in `i32` or `u32` range (the latter as its bits).
@@ -186,10 +205,9 @@ pub fn parse_json(ty: ReturnType, json: &Json) -> Result<ParameterValue, String>
         ReturnType::UInt => ParameterValue::UInt(u32::try_from(integer()?).map_err(|_| fail())?),
         ReturnType::Long => ParameterValue::Long(wrap_i64(integer()?).ok_or_else(fail)?),
         ReturnType::ULong => ParameterValue::ULong(u64::try_from(integer()?).map_err(|_| fail())?),
-        // f64 to f32 rounds to nearest, so the shortest text of an f32
-        // comes back as that f32.
-        #[allow(clippy::cast_possible_truncation)]
-        ReturnType::Float => ParameterValue::Float(json_float(json).ok_or_else(fail)? as f32),
+        ReturnType::Float => {
+            ParameterValue::Float(json_float(json).and_then(to_f32).ok_or_else(fail)?)
+        }
         ReturnType::Double => ParameterValue::Double(json_float(json).ok_or_else(fail)?),
         ReturnType::Bool => ParameterValue::Bool(json.as_bool().ok_or_else(fail)?),
         ReturnType::String => ParameterValue::String(json.as_str().ok_or_else(fail)?.to_owned()),
@@ -199,7 +217,12 @@ pub fn parse_json(ty: ReturnType, json: &Json) -> Result<ParameterValue, String>
                 .ok_or_else(fail)?,
         ),
         ReturnType::V128 => ParameterValue::V128(
-            u128::try_from(json_integer(json).ok_or_else(fail)?).map_err(|_| fail())?,
+            match json {
+                Json::Number(n) => n.as_u64().map(u128::from),
+                Json::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .ok_or_else(fail)?,
         ),
         ReturnType::Void => return Err(String::from("a parameter cannot be void")),
     })
@@ -289,6 +312,22 @@ mod tests {
             }
         }
         assert_eq!(to_json(&ReturnValue::Float(0.1)).to_string(), "0.1");
+        // Through JSON text, as a client sends them (serde_json's default
+        // parser is off by one ulp for some of these).
+        for d in [
+            117.633_311_394_000_17_f64,
+            0.1,
+            2.225_073_858_507_201e-308,
+            1.797_693_134_862_315_7e308,
+        ] {
+            let text = to_json(&ReturnValue::Double(d)).to_string();
+            let json: Json = serde_json::from_str(&text).unwrap();
+            let ParameterValue::Double(back) = parse_json(ReturnType::Double, &json).unwrap()
+            else {
+                panic!()
+            };
+            assert_eq!(back.to_bits(), d.to_bits(), "{text}");
+        }
         for d in [0.1f64, 1.0 / 3.0, f64::MAX, 5e-324] {
             let text = to_text(&ReturnValue::Double(d)).unwrap();
             assert_eq!(text.parse::<f64>().unwrap().to_bits(), d.to_bits());
@@ -343,6 +382,16 @@ mod tests {
             assert!(parse_json(ReturnType::Int, &bad).is_err(), "{bad}");
         }
         assert!(parse_json(ReturnType::ULong, &json!(-1)).is_err());
+        assert!(parse_text(ReturnType::Float, "1e39").is_err());
+        assert!(parse_json(ReturnType::Float, &json!(1e39)).is_err());
+        assert!(parse_json(ReturnType::Float, &json!("inf")).is_ok());
+        assert_eq!(
+            parse_json(
+                ReturnType::V128,
+                &json!("340282366920938463463374607431768211455")
+            ),
+            Ok(ParameterValue::V128(u128::MAX))
+        );
     }
 
     #[test]

@@ -270,7 +270,8 @@ fn compile_then_run_only_with_allow_precompiled_and_inspect_both() {
         "2",
     ]);
     assert_eq!(texts(&output).0, "3\n", "{}", texts(&output).1);
-    // The default output name.
+    // The default output name: FILE.hlwasm.
+    std::fs::remove_file(&artifact).unwrap();
     let output = run(&["compile", &module]);
     assert!(output.status.success());
     assert!(std::path::Path::new(&artifact).exists());

@@ -1,7 +1,7 @@
 //! Loads a module into a fresh micro-VM sandbox, calls two of its exported
 //! functions and prints the results.
 //!
-//! Run with `cargo run --release --example helloworld`.
+//! Run with `cargo run --release -p hyperlight-wasm --example helloworld`.
 
 use std::time::Instant;
 

@@ -2,7 +2,7 @@
 //! them: numbers, strings, byte buffers, a fallible function, and WASI
 //! printing captured by a custom print function.
 //!
-//! Run with `cargo run --release --example hostfuncs`.
+//! Run with `cargo run --release -p hyperlight-wasm --example hostfuncs`.
 
 use std::sync::{Arc, Mutex};
 

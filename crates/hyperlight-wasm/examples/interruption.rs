@@ -2,7 +2,7 @@
 //! from another thread, a call stopped by its time limit, and the sandbox
 //! used again after each.
 //!
-//! Run with `cargo run --release --example interruption`.
+//! Run with `cargo run --release -p hyperlight-wasm --example interruption`.
 
 use std::sync::mpsc;
 use std::thread;

@@ -3,7 +3,7 @@
 //! are printed in the Prometheus text exposition format (CI checks them
 //! with `promtool check metrics`).
 //!
-//! Run with `cargo run --release --example metrics`.
+//! Run with `cargo run --release -p hyperlight-wasm --example metrics`.
 
 use std::thread;
 

@@ -2,7 +2,7 @@
 //! cargo; `scripts/setup` installs the target), loads it, and calls its
 //! exports: strings, buffers, a host function, WASI printing and clocks.
 //!
-//! Run with `cargo run --release --example rust_wasm_examples`.
+//! Run with `cargo run --release -p hyperlight-wasm --example rust_wasm_examples`.
 
 #[path = "../fixtures/fixtures.rs"]
 mod fixtures;

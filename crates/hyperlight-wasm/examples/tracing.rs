@@ -1,7 +1,7 @@
 //! What hyperlight-wasm logs: `tracing` spans for every sandbox transition
 //! and guest call, shown here with `tracing-subscriber` at `debug`.
 //!
-//! Run with `cargo run --release --example tracing`; `RUST_LOG`-style
+//! Run with `cargo run --release -p hyperlight-wasm --example tracing`; `RUST_LOG`-style
 //! filtering is the subscriber's business (here: everything at `debug`).
 
 use std::io::Write;

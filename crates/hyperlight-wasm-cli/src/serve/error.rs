@@ -13,12 +13,16 @@ pub enum ErrorKind {
     BadRequest,
     /// No such module, function or route (404).
     NotFound,
+    /// The route does not take this method (405).
+    MethodNotAllowed,
     /// The body is over `--max-body-size` (413).
     PayloadTooLarge,
     /// The module has as many calls as it admits (503).
     Overloaded,
     /// The server is shutting down (503).
     Unavailable,
+    /// The call was cancelled through its interrupt handle (503).
+    Cancelled,
     /// The call ran past `--timeout` (504).
     Timeout,
     /// The guest trapped, exited, ran out of memory or misbehaved (500).
@@ -33,8 +37,11 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => StatusCode::BAD_REQUEST,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Overloaded | ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::Overloaded | ErrorKind::Unavailable | ErrorKind::Cancelled => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ErrorKind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorKind::GuestFault | ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -45,9 +52,11 @@ impl ErrorKind {
         match self {
             ErrorKind::BadRequest => "bad_request",
             ErrorKind::NotFound => "not_found",
+            ErrorKind::MethodNotAllowed => "method_not_allowed",
             ErrorKind::PayloadTooLarge => "payload_too_large",
             ErrorKind::Overloaded => "overloaded",
             ErrorKind::Unavailable => "shutting_down",
+            ErrorKind::Cancelled => "cancelled",
             ErrorKind::Timeout => "timeout",
             ErrorKind::GuestFault => "guest_fault",
             ErrorKind::Internal => "internal",
@@ -106,7 +115,7 @@ impl From<Error> for CallError {
             Error::ExecutionCancelledByHost {
                 reason: CancelReason::TimeLimit(_),
             } => ErrorKind::Timeout,
-            Error::ExecutionCancelledByHost { .. } => ErrorKind::Unavailable,
+            Error::ExecutionCancelledByHost { .. } => ErrorKind::Cancelled,
             Error::GuestTrap { .. }
             | Error::GuestExited { .. }
             | Error::GuestOutOfMemory { .. }

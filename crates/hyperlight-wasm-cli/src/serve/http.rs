@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
@@ -109,9 +109,21 @@ fn route_of(path: &str) -> &'static str {
     }
 }
 
+/// The `method` label: a standard method, or `other` (a client can send
+/// any token).
+fn method_of(method: &axum::http::Method) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    KNOWN
+        .into_iter()
+        .find(|known| *known == method.as_str())
+        .unwrap_or("other")
+}
+
 async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let route = route_of(request.uri().path());
-    let method = request.method().as_str().to_owned();
+    let method = method_of(request.method());
     let start = Instant::now();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
@@ -123,7 +135,7 @@ async fn track(State(state): State<Arc<AppState>>, request: Request, next: Next)
         tracing::debug!(method, path, status = code, ?elapsed, "request");
     }
     let status = code.to_string();
-    let labels = [route, method.as_str(), status.as_str()];
+    let labels = [route, method, status.as_str()];
     state.metrics.requests.with_label_values(&labels).inc();
     state
         .metrics
@@ -140,11 +152,11 @@ async fn not_found() -> CallError {
     )
 }
 
-async fn method_not_allowed() -> Response {
-    let mut response =
-        CallError::new(ErrorKind::BadRequest, "method not allowed on this route").into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+async fn method_not_allowed() -> CallError {
+    CallError::new(
+        ErrorKind::MethodNotAllowed,
+        "method not allowed on this route (calls are POST, /metrics and /healthz GET)",
+    )
 }
 
 async fn healthz() -> axum::Json<Json> {
@@ -229,9 +241,10 @@ fn types(
 
 async fn call(
     State(state): State<Arc<AppState>>,
-    Path((module, function)): Path<(String, String)>,
+    path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<axum::Json<Json>, CallError> {
+    let Path((module, function)) = path.map_err(|rejection| bad_request(rejection.body_text()))?;
     let body = body.map_err(|rejection| {
         let kind = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ErrorKind::PayloadTooLarge
@@ -283,6 +296,9 @@ mod tests {
     #[test]
     fn routes_are_labelled_by_template_only() {
         assert_eq!(route_of("/v1/modules/a/call/add"), CALL_ROUTE);
+        assert_eq!(method_of(&axum::http::Method::POST), "POST");
+        let odd = axum::http::Method::from_bytes(b"FOO1").unwrap();
+        assert_eq!(method_of(&odd), "other");
         assert_eq!(route_of("/metrics"), "/metrics");
         assert_eq!(route_of("/healthz"), "/healthz");
         for other in [

@@ -166,10 +166,14 @@ impl ModulePool {
         result: ReturnType,
     ) -> Result<oneshot::Receiver<Result<ReturnValue, CallError>>, CallError> {
         let queue = self.queue.as_ref().ok_or_else(shutting_down)?;
+        // Counted only if under the limit: a refused call never takes a
+        // place another could have had.
+        self.admitted
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| {
+                (n < self.max_concurrency).then_some(n + 1)
+            })
+            .map_err(|_| overloaded(&self.name))?;
         let admitted = Admitted(Arc::clone(&self.admitted));
-        if self.admitted.fetch_add(1, Ordering::SeqCst) >= self.max_concurrency {
-            return Err(overloaded(&self.name));
-        }
         let (reply, answer) = oneshot::channel();
         let job = Job {
             function,

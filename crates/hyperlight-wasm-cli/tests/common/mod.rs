@@ -152,7 +152,9 @@ pub fn service_module() -> String {
 pub struct Serve {
     pub child: Child,
     pub addr: SocketAddr,
-    pub stderr: Option<std::process::ChildStderr>,
+    /// Reads its stderr as it comes (so that logs never fill the pipe and
+    /// block the server); ends with the process.
+    pub stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Serve {
@@ -185,7 +187,13 @@ impl Serve {
             let _ = child.wait();
             panic!("serve did not start: stdout `{line}`, stderr: {stderr}");
         };
-        let stderr = child.stderr.take();
+        let stderr = child.stderr.take().map(|mut pipe| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        });
         Serve {
             child,
             addr,
@@ -213,10 +221,11 @@ impl Serve {
         // touches no memory.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
         let status = self.child.wait().expect("serve ends");
-        let mut stderr = String::new();
-        if let Some(mut pipe) = self.stderr.take() {
-            let _ = pipe.read_to_string(&mut stderr);
-        }
+        let stderr = self
+            .stderr
+            .take()
+            .map(|reader| reader.join().unwrap_or_default())
+            .unwrap_or_default();
         (status, stderr)
     }
 }
@@ -250,8 +259,18 @@ pub fn try_request(
     stream.write_all(head.as_bytes())?;
     // A server may answer (413) before reading a large body, and close.
     let _ = stream.write_all(body);
+    // Keep what arrived before an error: a server that answers before
+    // reading the whole body may reset the connection after its answer.
     let mut answer = Vec::new();
-    stream.read_to_end(&mut answer)?;
+    let mut chunk = [0u8; 8192];
+    loop {
+        match stream.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if answer.is_empty() => return Err(e),
+            Err(_) => break,
+        }
+    }
     let answer = String::from_utf8_lossy(&answer).into_owned();
     let (head, body) = answer
         .split_once("\r\n\r\n")

@@ -22,11 +22,15 @@ use sha2::Sha256;
 
 use crate::error::{Error, Result};
 
-/// Marks a hyperlight-wasm artifact and its format version.
-pub(crate) const MAGIC: &[u8; 8] = b"HLWASMA1";
+/// Marks a hyperlight-wasm artifact and its format version (2: the
+/// header lists imports, the wasmtime version and the CPU features).
+pub(crate) const MAGIC: &[u8; 8] = b"HLWASMA2";
 
 /// Marks an authenticated artifact.
-pub(crate) const SIGNED_MAGIC: &[u8; 8] = b"HLWASMS1";
+pub(crate) const SIGNED_MAGIC: &[u8; 8] = b"HLWASMS2";
+
+/// The magic numbers of the first format, recognised only to say so.
+const OLD_MAGICS: [&[u8; 8]; 2] = [b"HLWASMA1", b"HLWASMS1"];
 
 /// Length of the MAC at the end of an authenticated artifact.
 const MAC_LEN: usize = 32;
@@ -278,7 +282,18 @@ pub(crate) fn write(header: &Header, code: &[u8], key: Option<&ArtifactKey>) -> 
 /// Whether `bytes` start like one of our artifacts (plain or
 /// authenticated).
 pub(crate) fn is_artifact(bytes: &[u8]) -> bool {
-    bytes.starts_with(MAGIC) || bytes.starts_with(SIGNED_MAGIC)
+    bytes.starts_with(MAGIC)
+        || bytes.starts_with(SIGNED_MAGIC)
+        || OLD_MAGICS.iter().any(|magic| bytes.starts_with(*magic))
+}
+
+/// The error for an artifact of the first format.
+fn old_format() -> Error {
+    Error::IncompatibleModule {
+        message: String::from(
+            "it is an artifact of an older hyperlight-wasm format: compile the module again",
+        ),
+    }
 }
 
 fn malformed(why: &str) -> Error {
@@ -299,6 +314,8 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
             .checked_sub(MAC_LEN)
             .ok_or_else(|| malformed("it is too short for its MAC"))?;
         &rest[..at]
+    } else if OLD_MAGICS.iter().any(|magic| bytes.starts_with(*magic)) {
+        return Err(old_format());
     } else {
         return Err(malformed(
             "it does not start with the artifact magic number",
@@ -320,6 +337,9 @@ pub(crate) fn parse(bytes: &[u8]) -> Result<Parsed<'_>> {
 /// Checks an authenticated artifact's MAC under `key`, then parses it.
 /// Nothing but the magic number and the MAC is read before the MAC holds.
 pub(crate) fn verify_and_parse<'a>(bytes: &'a [u8], key: &ArtifactKey) -> Result<Parsed<'a>> {
+    if OLD_MAGICS.iter().any(|magic| bytes.starts_with(*magic)) {
+        return Err(old_format());
+    }
     if bytes.starts_with(MAGIC) {
         return Err(Error::ArtifactNotAuthentic {
             reason: String::from(
@@ -376,6 +396,29 @@ mod tests {
             }],
             wasmtime_version: String::from("48.0.8"),
             cpu_features: vec![String::from("has_sse41")],
+        }
+    }
+
+    #[test]
+    fn artifacts_of_the_first_format_say_so() {
+        for magic in OLD_MAGICS {
+            let mut old = magic.to_vec();
+            old.extend_from_slice(&[0; 64]);
+            assert!(is_artifact(&old));
+            for result in [
+                parse(&old).map(|_| ()),
+                verify_and_parse(&old, &ArtifactKey::new([1; 32])).map(|_| ()),
+            ] {
+                match result {
+                    Err(Error::IncompatibleModule { message }) => {
+                        assert!(
+                            message.contains("older hyperlight-wasm format"),
+                            "{message}"
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
         }
     }
 

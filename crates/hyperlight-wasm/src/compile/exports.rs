@@ -5,8 +5,18 @@
 use super::artifact::{ExportedFunction, Import, ImportKind, WasmType};
 use crate::error::{Error, Result};
 
-/// The imports and the exported functions of a valid module binary, with
-/// their types.
+/// The most imports, and the most exports, a module may list (the limits
+/// of wasmparser's validator, checked here for modules only parsed).
+const MAX_ENTRIES: usize = 1_000_000;
+
+/// The most value types all listed signatures may hold together: a few
+/// bytes of a module can name a function type of 2000 types again and
+/// again, and each listing is a copy.
+const MAX_LISTED_TYPES: usize = 1 << 24;
+
+/// The imports and the exported functions of a module binary, with their
+/// types. Bounded for hostile modules: at most [`MAX_ENTRIES`] imports and
+/// exports, at most [`MAX_LISTED_TYPES`] types in their signatures.
 pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFunction>)> {
     use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef};
     let invalid = |e: wasmparser::BinaryReaderError| Error::InvalidModule {
@@ -47,6 +57,9 @@ pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFuncti
                     if let TypeRef::Func(ty) | TypeRef::FuncExact(ty) = import.ty {
                         functions.push(ty);
                     }
+                    if imports.len() == MAX_ENTRIES {
+                        return Err(too_many("imports"));
+                    }
                     imports.push((import.module.to_owned(), import.name.to_owned(), import.ty));
                 }
             }
@@ -59,6 +72,9 @@ pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFuncti
                 for export in reader {
                     let export = export.map_err(invalid)?;
                     if export.kind == ExternalKind::Func {
+                        if exports.len() == MAX_ENTRIES {
+                            return Err(too_many("exports"));
+                        }
                         exports.push((export.name.to_owned(), export.index));
                     }
                 }
@@ -66,13 +82,24 @@ pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFuncti
             _ => {}
         }
     }
-    let signature = |ty: u32| types.get(ty as usize).and_then(Option::as_ref);
+    let listed = std::cell::Cell::new(0usize);
+    // A signature by type index, counted against the budget.
+    let signature = |ty: u32| -> Result<Option<&(Vec<WasmType>, Vec<WasmType>)>> {
+        let Some(found) = types.get(ty as usize).and_then(Option::as_ref) else {
+            return Ok(None);
+        };
+        listed.set(listed.get() + found.0.len() + found.1.len());
+        if listed.get() > MAX_LISTED_TYPES {
+            return Err(too_many("types in the signatures of imports and exports"));
+        }
+        Ok(Some(found))
+    };
     let imports = imports
         .into_iter()
         .map(|(module, name, ty)| {
             let kind = match ty {
                 TypeRef::Func(ty) | TypeRef::FuncExact(ty) => {
-                    let (params, results) = signature(ty).ok_or_else(|| Error::InvalidModule {
+                    let (params, results) = signature(ty)?.ok_or_else(|| Error::InvalidModule {
                         source: format!(
                             "import `{module}::{name}` names a function without a function type"
                         )
@@ -94,13 +121,13 @@ pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFuncti
     let exports = exports
         .into_iter()
         .map(|(name, index)| {
-            let ty = functions
-                .get(index as usize)
-                .and_then(|ty| signature(*ty))
-                .ok_or_else(|| Error::InvalidModule {
-                    source: format!("export `{name}` names a function without a function type")
-                        .into(),
-                })?;
+            let ty = match functions.get(index as usize) {
+                Some(ty) => signature(*ty)?,
+                None => None,
+            }
+            .ok_or_else(|| Error::InvalidModule {
+                source: format!("export `{name}` names a function without a function type").into(),
+            })?;
             Ok(ExportedFunction {
                 name,
                 params: ty.0.clone(),
@@ -109,4 +136,10 @@ pub(super) fn signatures(wasm: &[u8]) -> Result<(Vec<Import>, Vec<ExportedFuncti
         })
         .collect::<Result<Vec<_>>>()?;
     Ok((imports, exports))
+}
+
+fn too_many(what: &str) -> Error {
+    Error::InvalidModule {
+        source: format!("the module lists too many {what} for hyperlight-wasm").into(),
+    }
 }

@@ -295,4 +295,26 @@ mod tests {
             Err(Error::IncompatibleModule { .. })
         ));
     }
+
+    #[test]
+    fn signatures_copied_again_and_again_are_bounded() {
+        // One function type of 1000 parameters, named by 20 000 imports of
+        // 9 bytes each: 20 million types to list from 180 KB.
+        let mut wat = String::from("(module (type $t (func (param");
+        wat.push_str(&" i32".repeat(1000));
+        wat.push_str(")))");
+        for i in 0..20_000 {
+            wat.push_str(&format!("(import \"m\" \"{i}\" (func (type $t)))"));
+        }
+        wat.push(')');
+        let binary = wat::parse_str(&wat).unwrap();
+        let (result, peak) = crate::allocations::peak_during(|| inspect(&binary));
+        match result {
+            Err(Error::InvalidModule { source }) => {
+                assert!(source.to_string().contains("too many types"), "{source}");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(peak < 64 << 20, "listing allocated {peak} bytes");
+    }
 }
