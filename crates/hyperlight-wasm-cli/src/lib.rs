@@ -105,14 +105,19 @@ pub(crate) fn read_bounded(
 }
 
 /// Writes `error` and its causes on stderr, one per line.
-pub fn report(error: &dyn std::error::Error) {
+pub fn report(error: &(dyn std::error::Error + 'static)) {
     let mut message = format!("error: {error}");
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        message.push_str(&format!("\n  caused by: {error}"));
-        cause = error.source();
+    for cause in causes(error).skip(1) {
+        message.push_str(&format!("\n  caused by: {cause}"));
     }
     eprintln!("{message}");
+}
+
+/// `error`, then its sources in order.
+pub fn causes<'a>(
+    error: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(error), |e| e.source())
 }
 
 /// Parses the command line and runs the subcommand; the process's exit code.

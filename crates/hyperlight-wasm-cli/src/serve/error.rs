@@ -92,15 +92,9 @@ impl std::fmt::Display for CallError {
 impl std::error::Error for CallError {}
 
 /// The message of an error and its causes, joined by `: `.
-pub fn chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut cause = error.source();
-    while let Some(error) = cause {
-        message.push_str(": ");
-        message.push_str(&error.to_string());
-        cause = error.source();
-    }
-    message
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let parts: Vec<String> = crate::causes(error).map(ToString::to_string).collect();
+    parts.join(": ")
 }
 
 impl From<Error> for CallError {
