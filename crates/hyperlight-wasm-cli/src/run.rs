@@ -117,10 +117,14 @@ fn load(options: &RunOptions) -> Result<LoadedWasmSandbox, CliError> {
         sandbox.load_module_from_buffer(&bytes)
     };
     loaded.map_err(|source| {
-        let hint = if matches!(source, Error::PrecompiledModuleNeedsUnsafeLoader) {
-            " (a precompiled artifact runs only with --allow-precompiled)"
-        } else {
-            ""
+        let hint = match &source {
+            Error::PrecompiledModuleNeedsUnsafeLoader => {
+                " (a precompiled artifact runs only with --allow-precompiled)"
+            }
+            Error::NotWasm { reason } if reason.contains("load_component") => {
+                " (the command line runs core modules only, not yet components)"
+            }
+            _ => "",
         };
         CliError::Sandbox {
             context: format!("cannot load `{file}`{hint}"),

@@ -30,6 +30,7 @@
 extern crate alloc;
 
 mod abi;
+mod component;
 mod config;
 mod fs;
 mod fs_paths;

@@ -11,12 +11,13 @@ use core::ptr::NonNull;
 use hyperlight_wasm_protocol::boot::BootInfo;
 use hyperlight_wasm_protocol::engine;
 use hyperlight_wasm_protocol::message::{
-    ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, OutCall, OutCallReply, Request,
-    Response, Value, ValueType,
+    ComponentImport, ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, Node, OutCall,
+    OutCallReply, Request, Response, Value, ValueType,
 };
 use wasmtime::{Engine, Instance, Module, Store, Trap, Val, ValType, WasmBacktrace};
 
 use crate::abi::{self, Fault, ModuleMemory};
+use crate::component::{CallFailure, LoadedComponent};
 use crate::imports::{self, Exit};
 use crate::{host, platform};
 
@@ -66,6 +67,7 @@ impl From<Fault> for Failure {
 pub struct Runtime {
     engine: Engine,
     loaded: Option<Loaded>,
+    component: Option<ComponentLoaded>,
     /// The most linear memory a module may have: the heap.
     max_memory: usize,
 }
@@ -125,6 +127,12 @@ struct Loaded {
     _artifact: Artifact,
 }
 
+/// A component and the artifact memory its code lives in (dropped last).
+struct ComponentLoaded {
+    loaded: LoadedComponent,
+    _artifact: Artifact,
+}
+
 impl Runtime {
     /// Creates the engine with the configuration the host compiles with.
     pub fn new(info: &BootInfo) -> wasmtime::Result<Runtime> {
@@ -148,6 +156,7 @@ impl Runtime {
         Ok(Runtime {
             engine: Engine::new(&config)?,
             loaded: None,
+            component: None,
             max_memory: usize::try_from(info.heap.size).unwrap_or(usize::MAX),
         })
     }
@@ -176,6 +185,15 @@ impl Runtime {
                 args,
                 returns,
             } => self.call(&function, args, returns).map(Response::Returned),
+            Request::LoadComponent {
+                artifact_len,
+                imports,
+            } => self
+                .load_component(artifact_len, &imports)
+                .map(|()| Response::ModuleLoaded),
+            Request::CallComponent { function, args } => self
+                .call_component(&function, args)
+                .map(Response::ComponentReturned),
         };
         match result {
             Ok(response) => response,
@@ -190,26 +208,7 @@ impl Runtime {
         host_functions: &[HostFunctionSignature],
         abi: ModuleAbi,
     ) -> Result<(), Failure> {
-        if self.loaded.is_some() {
-            return Err(error(
-                ErrorCode::ModuleAlreadyLoaded,
-                format_args!("a module is already loaded"),
-            )
-            .into());
-        }
-        let artifact = Artifact::new(artifact_len)?;
-        let reply = host::out_call(&OutCall::ArtifactBuffer {
-            addr: artifact.ptr.as_ptr() as u64,
-            len: artifact_len,
-        })
-        .map_err(|e| error(ErrorCode::BadRequest, format_args!("{e}")))?;
-        if reply != OutCallReply::Done {
-            return Err(error(
-                ErrorCode::BadRequest,
-                format_args!("the host answered {reply:?} to the artifact buffer"),
-            )
-            .into());
-        }
+        let artifact = self.fetch_artifact(artifact_len)?;
         // SAFETY: the bytes were produced by the host's wasmtime (the same
         // version and configuration, checked by deserialize). Even if they
         // were not, whatever code they contain runs inside this VM only. The
@@ -264,6 +263,99 @@ impl Runtime {
             _artifact: artifact,
         });
         Ok(())
+    }
+
+    /// Refuses a second load, then has the host copy an artifact of `len`
+    /// bytes into a buffer of the heap.
+    fn fetch_artifact(&self, len: u64) -> Result<Artifact, Failure> {
+        if self.loaded.is_some() || self.component.is_some() {
+            return Err(error(
+                ErrorCode::ModuleAlreadyLoaded,
+                format_args!("a module or component is already loaded"),
+            )
+            .into());
+        }
+        let artifact = Artifact::new(len)?;
+        let reply = host::out_call(&OutCall::ArtifactBuffer {
+            addr: artifact.ptr.as_ptr() as u64,
+            len,
+        })
+        .map_err(|e| error(ErrorCode::BadRequest, format_args!("{e}")))?;
+        if reply != OutCallReply::Done {
+            return Err(error(
+                ErrorCode::BadRequest,
+                format_args!("the host answered {reply:?} to the artifact buffer"),
+            )
+            .into());
+        }
+        Ok(artifact)
+    }
+
+    fn load_component(
+        &mut self,
+        artifact_len: u64,
+        imports: &[ComponentImport],
+    ) -> Result<(), Failure> {
+        let artifact = self.fetch_artifact(artifact_len)?;
+        // SAFETY: as for modules in `load`: the host's wasmtime produced the
+        // bytes (deserialize checks version and configuration), whatever
+        // they contain runs inside this VM only, and the artifact memory
+        // lives in `ComponentLoaded` next to the component and outlives it.
+        let component = unsafe {
+            wasmtime::component::Component::deserialize_raw(
+                &self.engine,
+                artifact.as_non_null_slice(),
+            )
+        }
+        .map_err(|e| error(ErrorCode::IncompatibleArtifact, format_args!("{e:#}")))?;
+        let linker = crate::component::linker(&self.engine, imports).map_err(|e| {
+            error(
+                ErrorCode::Other,
+                format_args!("cannot set up imports: {e:?}"),
+            )
+        })?;
+        let mut store = Store::new(
+            &self.engine,
+            Limits {
+                max_memory: self.max_memory,
+                abi: ModuleAbi::default(),
+            },
+        );
+        store.limiter(|limits| limits);
+        let instance = linker.instantiate(&mut store, &component).map_err(|e| {
+            from_wasmtime(
+                ErrorCode::InstantiationFailed,
+                "instantiating the component",
+                &e,
+            )
+        })?;
+        self.component = Some(ComponentLoaded {
+            loaded: LoadedComponent {
+                store,
+                instance,
+                _component: component,
+            },
+            _artifact: artifact,
+        });
+        Ok(())
+    }
+
+    fn call_component(&mut self, name: &str, args: Vec<Node>) -> Result<Vec<Node>, Failure> {
+        let loaded = self.component.as_mut().ok_or_else(|| {
+            error(
+                ErrorCode::NoModuleLoaded,
+                format_args!("no component is loaded"),
+            )
+        })?;
+        loaded.loaded.call(name, args).map_err(|e| match e {
+            CallFailure::Fault(fault) => fault.into(),
+            // The canonical ABI's checks of what the component hands over
+            // (pointers out of its memory, strings that are not UTF-8,
+            // invalid discriminants) are traps in the component model.
+            CallFailure::Wasmtime(e) => {
+                from_wasmtime(ErrorCode::TrapOther, &format!("calling `{name}`"), &e)
+            }
+        })
     }
 
     /// The loaded module, or the error for a request that needs one.

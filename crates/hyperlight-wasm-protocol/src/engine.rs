@@ -37,7 +37,7 @@ pub const ISA_FEATURES: &[(&str, &str)] = &[
 /// The WebAssembly proposals both sides enable: exactly these, whatever
 /// defaults the cargo features of the host's wasmtime imply. Proposals that
 /// need runtime support the guest does not build (threads, GC, exceptions,
-/// components, stack switching) and `memory64` stay off.
+/// stack switching) and `memory64` stay off; the component model is on.
 pub const WASM_FEATURES: WasmFeatures = WasmFeatures::MUTABLE_GLOBAL
     .union(WasmFeatures::SATURATING_FLOAT_TO_INT)
     .union(WasmFeatures::SIGN_EXTENSION)
@@ -52,7 +52,9 @@ pub const WASM_FEATURES: WasmFeatures = WasmFeatures::MUTABLE_GLOBAL
     .union(WasmFeatures::MULTI_MEMORY)
     .union(WasmFeatures::EXTENDED_CONST)
     .union(WasmFeatures::FUNCTION_REFERENCES)
-    .union(WasmFeatures::CALL_INDIRECT_OVERLONG);
+    .union(WasmFeatures::CALL_INDIRECT_OVERLONG)
+    // Components: the guest runs them as it runs modules.
+    .union(WasmFeatures::COMPONENT_MODEL);
 
 /// The settings that must be identical wherever a module is compiled or run.
 ///

@@ -3,6 +3,7 @@
 //! Host and guest share nothing but guest memory and VM exits. This crate is
 //! everything both sides must agree on, and nothing else:
 //!
+//! - [`component`]: component-model values and their flat wire form.
 //! - [`boot`]: the [`boot::BootInfo`] block the host writes before the guest's
 //!   first instruction, and the guest image's link address.
 //! - [`port`]: the I/O ports the guest may `out` to, one per kind of exit.
@@ -36,6 +37,7 @@
 extern crate alloc;
 
 pub mod boot;
+pub mod component;
 #[cfg(feature = "engine")]
 pub mod engine;
 pub mod fs;
@@ -46,4 +48,4 @@ pub mod wire;
 /// Version of this protocol. The guest reports it when it is ready and the
 /// host refuses a guest that speaks another version. Bump it on any change to
 /// this crate that changes bytes in guest memory.
-pub const PROTOCOL_VERSION: u32 = 4;
+pub const PROTOCOL_VERSION: u32 = 5;

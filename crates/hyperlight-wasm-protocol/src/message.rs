@@ -23,6 +23,7 @@ use alloc::vec::Vec;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::component::{ComponentImport, Node};
 pub use crate::fs::{Dirent, Filestat, FsCall, FsReply};
 
 /// The value types that cross the boundary: the one table every value enum
@@ -175,6 +176,24 @@ pub enum Request {
         /// What to write.
         bytes: Vec<u8>,
     },
+    /// Load a precompiled component of `artifact_len` bytes, as
+    /// [`Request::LoadModule`] loads a module (the same artifact buffer
+    /// out-call, the same [`Response::ModuleLoaded`]).
+    LoadComponent {
+        /// Size of the precompiled artifact in bytes.
+        artifact_len: u64,
+        /// The host functions the component may import.
+        imports: Vec<ComponentImport>,
+    },
+    /// Call a function the loaded component exports: `name` at the world
+    /// level, or `interface#name`. Answered with
+    /// [`Response::ComponentReturned`].
+    CallComponent {
+        /// The export.
+        function: String,
+        /// The arguments, flattened ([`crate::component::flatten`]).
+        args: Vec<Node>,
+    },
 }
 
 /// The exports through which strings and buffers reach a module: its
@@ -240,6 +259,8 @@ pub enum Response {
         /// The exit code.
         code: i32,
     },
+    /// A component function returned these values, flattened.
+    ComponentReturned(Vec<Node>),
 }
 
 /// A guest's call to the host in the middle of a request, in the output
@@ -302,6 +323,16 @@ pub enum OutCall {
     /// A WASI file-system call on a descriptor the host serves (anything
     /// but stdio): answered with [`OutCallReply::Fs`].
     Fs(FsCall),
+    /// Call a host function a component imported: answered with
+    /// [`OutCallReply::ComponentReturned`] or [`OutCallReply::Failed`].
+    CallComponentHost {
+        /// The interface it was imported from (empty: the world).
+        interface: String,
+        /// Its name.
+        function: String,
+        /// The arguments, flattened.
+        args: Vec<Node>,
+    },
 }
 
 /// The host's answer to an [`OutCall`], in the input buffer.
@@ -323,6 +354,8 @@ pub enum OutCallReply {
     Bytes(Vec<u8>),
     /// The answer to an [`OutCall::Fs`].
     Fs(FsReply),
+    /// A component host function returned these values, flattened.
+    ComponentReturned(Vec<Node>),
 }
 
 /// Why the guest stopped for good, in the output buffer at

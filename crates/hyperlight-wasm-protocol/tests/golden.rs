@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 
 use hyperlight_wasm_protocol::message::{
-    Abort, ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, OutCall, OutCallReply, Request,
-    Response, Value, ValueType,
+    Abort, ComponentImport, ErrorCode, GuestError, HostFunctionSignature, ModuleAbi, Node, OutCall,
+    OutCallReply, Request, Response, Value, ValueType,
 };
 use hyperlight_wasm_protocol::port::Port;
 use hyperlight_wasm_protocol::wire::{self, HEADER_LEN};
@@ -61,6 +61,23 @@ fn requests() {
             },
             &[3, 3, 1, 4],
         ),
+        (
+            Request::LoadComponent {
+                artifact_len: 5,
+                imports: vec![ComponentImport {
+                    interface: String::from("i"),
+                    name: String::from("f"),
+                }],
+            },
+            &[4, 5, 1, 1, b'i', 1, b'f'],
+        ),
+        (
+            Request::CallComponent {
+                function: String::from("g"),
+                args: vec![Node::U32(3)],
+            },
+            &[5, 1, b'g', 1, 6, 3],
+        ),
     ]);
 }
 
@@ -83,6 +100,10 @@ fn responses() {
             &[3, 27, 1, b'x'],
         ),
         (Response::Exited { code: -2 }, &[4, 3]),
+        (
+            Response::ComponentReturned(vec![Node::Option(true), Node::String(String::from("s"))]),
+            &[5, 2, 18, 1, 12, 1, b's'],
+        ),
     ]);
 }
 
@@ -114,6 +135,14 @@ fn out_calls() {
         (OutCall::Args, &[6]),
         (OutCall::Environ, &[7]),
         (OutCall::ReadStdin { max: 8 }, &[8, 8]),
+        (
+            OutCall::CallComponentHost {
+                interface: String::new(),
+                function: String::from("h"),
+                args: vec![Node::Flags(vec![String::from("x")])],
+            },
+            &[10, 0, 1, b'h', 1, 20, 1, 1, b'x'],
+        ),
     ]);
 }
 
@@ -130,6 +159,13 @@ fn out_call_replies() {
             &[5, 1, 1, b's'],
         ),
         (OutCallReply::Bytes(vec![7]), &[6, 1, 7]),
+        (
+            OutCallReply::ComponentReturned(vec![Node::Result {
+                ok: false,
+                payload: false,
+            }]),
+            &[8, 1, 19, 0, 0],
+        ),
     ]);
 }
 

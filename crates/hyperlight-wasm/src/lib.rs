@@ -51,6 +51,14 @@
 //! [`WasmSandbox::load_authenticated_module`], which checks their MAC under
 //! the application's [`ArtifactKey`] first.
 //!
+//! # Components
+//!
+//! [`WasmSandbox::load_component`] loads a WebAssembly component of any WIT
+//! world into the same sandboxes: [`LoadedComponentSandbox::call`] takes
+//! and returns [`component::Val`]s checked against the component's types,
+//! and [`ProtoWasmSandbox::register_component_function`] gives it host
+//! functions by interface. See [`component`].
+//!
 //! # Shared images
 //!
 //! The state right after `load_runtime` is one immutable memory image per
@@ -92,6 +100,7 @@
 )]
 
 mod compile;
+pub mod component;
 mod error;
 mod guest;
 mod metrics;
@@ -105,6 +114,7 @@ pub use compile::{
     compile_module_authenticated, set_compile_threads, set_max_module_size, set_module_cache_dir,
     set_module_cache_max_bytes,
 };
+pub use component::LoadedComponentSandbox;
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};
 /// The host's decoding and serving code with hostile input, for the fuzz
 /// targets in `fuzz/`; not a stable API (only with the `__fuzz` feature).

@@ -319,3 +319,72 @@ fn histograms_exist_only_with_the_feature() {
         );
     }
 }
+
+/// A component exporting `add` and `my:app/api#twice`, which calls the host's
+/// `my:app/host#twice`.
+const COMPONENT: &str = r#"(component
+  (import "my:app/host" (instance $h (export "twice" (func (param "x" u32) (result u32)))))
+  (alias export $h "twice" (func $twice))
+  (core func $twice_lowered (canon lower (func $twice)))
+  (core module $m
+    (import "host" "twice" (func $twice (param i32) (result i32)))
+    (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+    (func (export "twice") (param i32) (result i32) (call $twice (local.get 0))))
+  (core instance $i (instantiate $m (with "host" (instance (export "twice" (func $twice_lowered))))))
+  (func (export "add") (param "a" u32) (param "b" u32) (result u32) (canon lift (core func $i "add")))
+  (func $t (param "x" u32) (result u32) (canon lift (core func $i "twice")))
+  (instance $api (export "twice" (func $t)))
+  (export "my:app/api" (instance $api)))"#;
+
+#[test]
+fn components_move_the_same_metrics_with_their_export_names() {
+    use hyperlight_wasm::component::Val;
+    let _guard = lock();
+    let mut probe = Probe::new(the_registry());
+    let mut proto = SandboxBuilder::new().build().unwrap();
+    proto
+        .register_component_typed("my:app/host", "twice", |(x,): (u32,)| x * 2)
+        .unwrap();
+    let mut loaded = proto
+        .load_runtime()
+        .unwrap()
+        .load_component_from_buffer(COMPONENT.as_bytes())
+        .unwrap();
+    probe.assert(&[
+        ("total_number_of_proto_wasm_sandboxes{}", 1.0),
+        ("total_number_of_wasm_sandboxes{}", 1.0),
+        ("number_of_loads_of_wasm_sandboxes{}", 1.0),
+        ("current_number_of_loaded_wasm_sandboxes{}", 1.0),
+        ("total_number_of_loaded_wasm_sandboxes{}", 1.0),
+    ]);
+    assert_eq!(
+        loaded.call("add", &[Val::U32(1), Val::U32(2)]).unwrap(),
+        [Val::U32(3)]
+    );
+    assert_eq!(
+        loaded
+            .call_typed::<_, u32>("my:app/api#twice", (21u32,))
+            .unwrap(),
+        42
+    );
+    // A name the component does not export: an error, no series.
+    loaded.call("made-up", &[]).unwrap_err();
+    let guest = "hyperlight_guest_function_call_duration_microseconds";
+    let host = "hyperlight_host_function_calls_duration_microseconds";
+    let missing =
+        "hyperlight_guest_error_count{code=GuestFunctionNotFound,message=see the error's variant}";
+    let mut expected: Vec<(String, f64)> = vec![(missing.to_owned(), 1.0)];
+    if cfg!(feature = "function_call_metrics") {
+        expected.push((format!("{guest}{{function_name=add}}"), 1.0));
+        expected.push((format!("{guest}{{function_name=my:app/api#twice}}"), 1.0));
+        expected.push((format!("{host}{{function_name=my:app/host#twice}}"), 1.0));
+    }
+    let expected: Vec<(&str, f64)> = expected.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    probe.assert(&expected);
+    drop(loaded.unload().unwrap());
+    probe.assert(&[
+        ("number_of_unloads_of_loaded_wasm_sandboxes{}", 1.0),
+        ("current_number_of_loaded_wasm_sandboxes{}", -1.0),
+        ("total_number_of_wasm_sandboxes{}", 1.0),
+    ]);
+}

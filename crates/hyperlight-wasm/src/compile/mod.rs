@@ -55,7 +55,7 @@ pub(crate) fn max_module_size() -> usize {
 }
 
 /// The thread pool compilation runs on, if the application chose a size.
-static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
+pub(crate) static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
 
 /// Sets how many threads compile a module's functions in parallel
 /// (`None`: rayon's global pool, one thread per CPU, the default). Applies
@@ -92,8 +92,8 @@ fn guest_has_feature(feature: &str) -> bool {
 }
 
 /// The compiling engine and what identifies its configuration.
-struct Compiler {
-    engine: Engine,
+pub(crate) struct Compiler {
+    pub(crate) engine: Engine,
     /// See [`engine_id`].
     id: [u8; 32],
     /// The Cranelift ISA flags enabled, for messages.
@@ -101,7 +101,7 @@ struct Compiler {
 }
 
 /// The compiling engine, created once per process.
-fn compiler() -> Result<&'static Compiler> {
+pub(crate) fn compiler() -> Result<&'static Compiler> {
     static COMPILER: OnceLock<Result<Compiler, String>> = OnceLock::new();
     COMPILER
         .get_or_init(|| {
@@ -298,6 +298,8 @@ fn compile(wasm: &[u8]) -> Result<Compiled> {
     let binary = wat::parse_bytes(wasm).map_err(|e| Error::InvalidModule {
         source: Box::new(e),
     })?;
+    // Text may have been component text.
+    check_looks_like_wasm(&binary)?;
     let compiler = compiler()?;
     let code = guard_panics(|| {
         let pool = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -325,7 +327,7 @@ fn compile(wasm: &[u8]) -> Result<Compiled> {
 
 /// Runs the compiler, turning a panic inside it (ours or a worker
 /// thread's) into [`Error::CompilerPanicked`].
-fn guard_panics<T>(compile: impl FnOnce() -> T) -> Result<T> {
+pub(crate) fn guard_panics<T>(compile: impl FnOnce() -> T) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(compile)).map_err(|payload| {
         let message = if let Some(s) = payload.downcast_ref::<&str>() {
             (*s).to_owned()
@@ -472,7 +474,7 @@ pub(crate) fn prepare_authenticated(bytes: &[u8], key: &ArtifactKey) -> Result<P
 }
 
 /// Refuses precompiled bytes on the safe path, saying what to use instead.
-fn refuse_precompiled(bytes: &[u8]) -> Result<()> {
+pub(crate) fn refuse_precompiled(bytes: &[u8]) -> Result<()> {
     if artifact::is_artifact(bytes) {
         return Err(Error::PrecompiledModuleNeedsUnsafeLoader);
     }
@@ -480,7 +482,7 @@ fn refuse_precompiled(bytes: &[u8]) -> Result<()> {
         Some(Precompiled::Module) => Err(Error::PrecompiledModuleNeedsUnsafeLoader),
         Some(Precompiled::Component) => Err(Error::NotWasm {
             reason: String::from(
-                "it is a precompiled component; only core WebAssembly modules are supported",
+                "it is a precompiled component; components load only from their WebAssembly",
             ),
         }),
         None => Ok(()),
@@ -533,7 +535,7 @@ fn check_looks_like_wasm(bytes: &[u8]) -> Result<()> {
             Some([1, 0, 0, 0]) => Ok(()),
             Some([_, _, 1, 0]) => Err(Error::NotWasm {
                 reason: String::from(
-                    "it is a WebAssembly component; only core WebAssembly modules are supported",
+                    "it is a WebAssembly component: load it with `WasmSandbox::load_component`",
                 ),
             }),
             _ => Err(Error::NotWasm {

@@ -7,8 +7,9 @@
 //! So a state is shared only if, on the way to it, the guest asked nothing
 //! whose answer can differ ([`makes_state_private`]).
 
-use hyperlight_wasm_protocol::message::{HostFunctionSignature, ModuleAbi, OutCall};
+use hyperlight_wasm_protocol::message::OutCall;
 use hyperlight_wasm_protocol::wire;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ pub(crate) fn makes_state_private(call: &OutCall) -> bool {
         // through the clock, which does make the state private.
         OutCall::ArtifactBuffer { .. } | OutCall::Sleep { .. } => false,
         OutCall::CallHost { .. }
+        | OutCall::CallComponentHost { .. }
         | OutCall::Print { .. }
         | OutCall::Args
         | OutCall::Environ
@@ -36,21 +38,20 @@ pub(crate) fn makes_state_private(call: &OutCall) -> bool {
     }
 }
 
-/// The image key of the state after loading the module whose artifact
-/// hash is `hash`, linked against `signatures` with the exports `abi`
-/// names, from the post-runtime image `runtime` of `vm` (`None` when
-/// `vm`'s states are never shared).
+/// The image key of the state after loading the module (or component)
+/// whose artifact hash is `hash`, linked as `link` says (a module: the host
+/// functions' signatures and the exports its ABI names; a component: the
+/// imports linked to the host), from the post-runtime image `runtime` of
+/// `vm` (`None` when `vm`'s states are never shared).
 pub(crate) fn module_key(
     vm: &Vm,
     runtime: &Snapshot,
     hash: &[u8; 32],
-    signatures: &[HostFunctionSignature],
-    abi: &ModuleAbi,
+    link: &impl Serialize,
 ) -> Result<Option<ImageKey>> {
-    let signatures =
-        wire::encode_to_vec(&(signatures, abi)).map_err(|e| Error::RequestTooLarge {
-            reason: e.to_string(),
-        })?;
+    let signatures = wire::encode_to_vec(link).map_err(|e| Error::RequestTooLarge {
+        reason: e.to_string(),
+    })?;
     let mut digest = Sha256::new();
     digest.update(runtime.id().to_le_bytes());
     digest.update(hash);

@@ -21,7 +21,7 @@
 //! request then fails with [`Error::Poisoned`].
 
 mod channel;
-mod errors;
+pub(crate) mod errors;
 mod files;
 #[cfg(feature = "__fuzz")]
 pub mod fuzzing;
@@ -43,6 +43,10 @@ use serde::Serialize;
 use self::outcalls::HostServices;
 pub(crate) use self::outcalls::PrintFn;
 use crate::compile::artifact::Exports;
+use crate::component::Val;
+use crate::component::compile::CompiledComponent;
+use crate::component::host_functions::ComponentFunctions;
+use crate::component::types::ParamError;
 use crate::error::{self, Aftermath, Error, ProtocolError, Result};
 use crate::sandbox::host_functions::{self, HostFunctions};
 use crate::vm::error::VmError;
@@ -70,6 +74,8 @@ pub(crate) struct Guest {
     /// for a precompiled module, was told) them; `None` when no module
     /// the host knows is loaded (test guests).
     exports: Option<Arc<Exports>>,
+    /// The loaded component, if a component (not a module) is loaded.
+    component: Option<Arc<CompiledComponent>>,
     /// Whether the current request stopped the guest in the middle (at an
     /// out-call).
     mid_request: bool,
@@ -117,6 +123,7 @@ impl Guest {
             runtime_snapshot: None,
             module_snapshot: None,
             exports: None,
+            component: None,
             mid_request: false,
             state_private: false,
             abi: ModuleAbi::default(),
@@ -179,6 +186,11 @@ impl Guest {
         self.services.functions_mut()
     }
 
+    /// The host functions components may import.
+    pub(crate) fn component_functions_mut(&mut self) -> &mut ComponentFunctions {
+        self.services.components_mut()
+    }
+
     /// Brings the guest's runtime up: maps the configuration's shared
     /// post-runtime image if there is one, else runs the guest from its
     /// entry point until its runtime is ready and takes that image.
@@ -219,22 +231,63 @@ impl Guest {
         exports: &Arc<Exports>,
     ) -> Result<()> {
         let signatures = host_functions::signatures(self.services.functions());
+        let abi = self.abi.clone();
+        let link = (&signatures, &abi);
+        let request = Request::LoadModule {
+            artifact_len: artifact.len() as u64,
+            host_functions: signatures.clone(),
+            abi: self.abi.clone(),
+        };
+        self.load(&request, artifact, hash, &link)?;
+        self.exports = Some(Arc::clone(exports));
+        Ok(())
+    }
+
+    /// Loads a compiled component, its imports linked to the host's
+    /// component functions, as [`Guest::load_module`] loads a module.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::UnknownImport`] for an import no host function was
+    /// registered for, and the errors of a module load.
+    pub(crate) fn load_component(&mut self, component: &Arc<CompiledComponent>) -> Result<()> {
+        let imports = self.services.link_component(&component.imports)?;
+        let request = Request::LoadComponent {
+            artifact_len: component.code.len() as u64,
+            imports: imports.clone(),
+        };
+        self.load(
+            &request,
+            &component.code,
+            &component.hash,
+            &("component", &imports),
+        )?;
+        self.component = Some(Arc::clone(component));
+        Ok(())
+    }
+
+    /// Maps the shared post-load image for the artifact whose hash is
+    /// `hash`, linked as `link` says, if there is one; else sends `request`,
+    /// copies the artifact in when the guest asks for it, and takes that
+    /// image.
+    fn load(
+        &mut self,
+        request: &Request,
+        artifact: &[u8],
+        hash: &[u8; 32],
+        link: &impl Serialize,
+    ) -> Result<()> {
         let runtime = self.runtime_image()?;
-        let key = images::module_key(&self.vm, &runtime, hash, &signatures, &self.abi)?;
+        let key = images::module_key(&self.vm, &runtime, hash, link)?;
         if let Some(image) = key.as_ref().and_then(crate::vm::images::get) {
             tracing::debug!("module mapped from the shared image");
             self.adopt(&image)?;
             self.module_snapshot = Some(image);
-            self.exports = Some(Arc::clone(exports));
             return Ok(());
         }
         self.state_private = false;
         self.guarded(false, |guest| {
-            guest.send(&Request::LoadModule {
-                artifact_len: artifact.len() as u64,
-                host_functions: signatures,
-                abi: guest.abi.clone(),
-            })?;
+            guest.send(request)?;
             let mut artifact = Artifact {
                 bytes: artifact,
                 copied: false,
@@ -245,8 +298,84 @@ impl Guest {
             }
         })?;
         self.module_snapshot = Some(self.take_image(key)?);
-        self.exports = Some(Arc::clone(exports));
         Ok(())
+    }
+
+    /// The loaded component's exports, sorted by name (empty without one).
+    pub(crate) fn component_exports(&self) -> &[crate::component::ComponentFunction] {
+        self.component.as_deref().map_or(&[], |c| &c.exports)
+    }
+
+    /// Calls the loaded component's export `function` (`name` or
+    /// `interface#name`) with `args`, checked against its type here, and
+    /// checks its results as they come back.
+    pub(crate) fn call_component(&mut self, function: &str, args: &[Val]) -> Result<Vec<Val>> {
+        let fail = |e: Error| {
+            crate::metrics::record_error(&e);
+            Err(e)
+        };
+        if let Err(e) = self.check_usable() {
+            return fail(e);
+        }
+        let Some(component) = self.component.clone() else {
+            return fail(Error::Internal {
+                reason: String::from("a component call without a loaded component"),
+            });
+        };
+        let Some(export) = component.export(function) else {
+            return fail(Error::GuestFunctionNotFound {
+                function: function.to_owned(),
+            });
+        };
+        if let Err(e) = export.ty.check_params(args) {
+            return fail(match e {
+                ParamError::Count(message) => Error::GuestFunctionParameterCountMismatch {
+                    function: function.to_owned(),
+                    message,
+                },
+                ParamError::Type(message) => Error::GuestFunctionParameterTypeMismatch {
+                    function: function.to_owned(),
+                    message,
+                },
+            });
+        }
+        let nodes = match hyperlight_wasm_protocol::component::flatten(args) {
+            Ok(nodes) => nodes,
+            Err(e) => {
+                return fail(Error::GuestFunctionParameterTypeMismatch {
+                    function: function.to_owned(),
+                    message: e.to_string(),
+                });
+            }
+        };
+        let reset = !self.persistent;
+        #[cfg(feature = "function_call_metrics")]
+        let start = std::time::Instant::now();
+        let result = self.guarded(reset, |guest| {
+            guest.send(&Request::CallComponent {
+                function: function.to_owned(),
+                args: nodes,
+            })?;
+            match guest.run_to_done(None)? {
+                Response::ComponentReturned(nodes) => {
+                    let results = export.ty.results.len();
+                    let vals = hyperlight_wasm_protocol::component::unflatten_exact(nodes, results)
+                        .map_err(|e| errors::unexpected("well-formed component values", &e))?;
+                    export
+                        .ty
+                        .check_results(&vals)
+                        .map_err(|e| errors::unexpected("results of the function's type", &e))?;
+                    Ok(vals)
+                }
+                other => {
+                    Err(guest.unexpected_response("the function's results", other, Some(function)))
+                }
+            }
+        });
+        // The name is one the component exports (checked above).
+        #[cfg(feature = "function_call_metrics")]
+        crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
+        result
     }
 
     /// The post-runtime image, if the guest is usable and booted.
@@ -403,6 +532,7 @@ impl Guest {
         self.adopt(&runtime)?;
         self.module_snapshot = None;
         self.exports = None;
+        self.component = None;
         Ok(())
     }
 

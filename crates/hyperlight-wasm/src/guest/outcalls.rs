@@ -15,9 +15,12 @@ use hyperlight_wasm_protocol::message::{OutCall, OutCallReply, Value};
 use hyperlight_wasm_protocol::wire;
 
 use super::errors::{panic_message, unexpected};
+use crate::component::host_functions::ComponentFunctions;
+use crate::component::types::ComponentImportedFunction;
 use crate::error::{self, Error, ProtocolError, Result};
 use crate::sandbox::host_functions::{HostFunctions, ImportName};
 use crate::sandbox::{OutputStream, WasiConfig};
+use hyperlight_wasm_protocol::component::ComponentImport;
 
 /// Receives what the module prints, and from which output. Shared by every
 /// sandbox built from one [`crate::SandboxBuilder`] (and its clones); calls
@@ -63,6 +66,7 @@ pub(crate) struct HostServices {
     sleep: SleepFn,
     wasi: WasiState,
     files: super::files::FileTable,
+    components: ComponentFunctions,
     /// The error of the host function (or print function) that failed
     /// during the current request, reported when the guest call fails
     /// because of it.
@@ -86,6 +90,7 @@ impl HostServices {
             sleep,
             wasi: WasiState::default(),
             files: super::files::FileTable::default(),
+            components: ComponentFunctions::default(),
             failure: None,
         }
     }
@@ -104,6 +109,20 @@ impl HostServices {
     /// The host functions, for registering.
     pub(crate) fn functions_mut(&mut self) -> &mut HostFunctions {
         &mut self.functions
+    }
+
+    /// The host functions components may import, for registering.
+    pub(crate) fn components_mut(&mut self) -> &mut ComponentFunctions {
+        &mut self.components
+    }
+
+    /// Links a component's imports to the registered component functions
+    /// (see [`ComponentFunctions::link`]).
+    pub(crate) fn link_component(
+        &mut self,
+        imports: &[ComponentImportedFunction],
+    ) -> Result<Vec<ComponentImport>> {
+        self.components.link(imports)
     }
 
     /// Forgets the failure of an earlier request.
@@ -195,6 +214,17 @@ impl HostServices {
                 function,
                 args,
             } => self.call_host(ImportName::new(module, function), args),
+            OutCall::CallComponentHost {
+                interface,
+                function,
+                args,
+            } => {
+                let served = self.components.call(interface, function, args)?;
+                if served.failure.is_some() {
+                    self.failure = served.failure;
+                }
+                Ok(served.reply)
+            }
             OutCall::Print { text, stderr } => {
                 let stream = if stderr {
                     OutputStream::Stderr

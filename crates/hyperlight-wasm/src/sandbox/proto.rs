@@ -1,7 +1,8 @@
 //! [`ProtoWasmSandbox`]: a sandbox whose VM exists but whose guest has not
 //! started.
 
-use crate::error::{Error, Result};
+use crate::component::{ComponentParams, ComponentValue, Val};
+use crate::error::{BoxError, Error, Result};
 use crate::guest::Guest;
 use crate::metrics::{Live, SandboxKind};
 use crate::sandbox::WasmSandbox;
@@ -84,6 +85,83 @@ impl ProtoWasmSandbox {
         }
         functions.insert(import, Registered::new(function));
         Ok(())
+    }
+
+    /// Registers a host function for components: they import it as `name`
+    /// from `interface` (`my:pkg/iface`), or directly from their world when
+    /// `interface` is empty. `function` gets the arguments as [`Val`]s,
+    /// already checked against the type the component imports it with, and
+    /// returns the results (none or one), which are checked the same way.
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(mut proto: hyperlight_wasm::ProtoWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// use hyperlight_wasm::component::Val;
+    ///
+    /// proto.register_component_function("my:app/log", "len", |args: &[Val]| {
+    ///     match args {
+    ///         [Val::String(s)] => Ok(vec![Val::U32(s.len() as u32)]),
+    ///         _ => Err("expected one string"),
+    ///     }
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// An error or a panic of `function`, or results not of the imported
+    /// type, fail the guest call with [`Error::HostFunctionFailed`] or
+    /// [`Error::HostFunctionPanicked`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::HostFunctionAlreadyRegistered`] if `interface` already has
+    /// a component function `name`.
+    pub fn register_component_function<F, E>(
+        &mut self,
+        interface: impl Into<String>,
+        name: impl Into<String>,
+        mut function: F,
+    ) -> Result<()>
+    where
+        F: FnMut(&[Val]) -> std::result::Result<Vec<Val>, E> + Send + 'static,
+        E: Into<BoxError>,
+    {
+        self.guest.component_functions_mut().insert(
+            interface.into(),
+            name.into(),
+            Box::new(move |args| function(args).map_err(Into::into)),
+        )
+    }
+
+    /// Registers a host function for components with Rust types: `P` is
+    /// `()` or a tuple of [`ComponentValue`]s, the result `()` or one (a
+    /// `Result<T, E>` is WIT's `result<T, E>`).
+    ///
+    /// ```no_run
+    /// # #[allow(dead_code)]
+    /// # fn f(mut proto: hyperlight_wasm::ProtoWasmSandbox) -> hyperlight_wasm::Result<()> {
+    /// proto.register_component_typed("my:app/math", "add", |(a, b): (u32, u32)| a + b)?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`ProtoWasmSandbox::register_component_function`].
+    pub fn register_component_typed<P, R, F>(
+        &mut self,
+        interface: impl Into<String>,
+        name: impl Into<String>,
+        mut function: F,
+    ) -> Result<()>
+    where
+        P: ComponentParams,
+        R: ComponentValue,
+        F: FnMut(P) -> R + Send + 'static,
+    {
+        self.register_component_function(interface, name, move |args: &[Val]| {
+            let params = P::from_vals(args.to_vec())
+                .ok_or("the arguments do not fit the host function's Rust parameter types")?;
+            Ok::<_, BoxError>(crate::component::typed_results(function(params)))
+        })
     }
 
     /// Boots the guest and starts its WebAssembly runtime.

@@ -4,6 +4,7 @@ use std::io::Read;
 use std::path::Path;
 
 use crate::compile::{self, ArtifactKey, Origin, Prepared};
+use crate::component::LoadedComponentSandbox;
 use crate::error::{Error, Result};
 use crate::guest::Guest;
 use crate::metrics::{Live, SandboxKind};
@@ -76,6 +77,44 @@ impl WasmSandbox {
             other => other?,
         }
         Ok(LoadedWasmSandbox::new(self.guest))
+    }
+
+    /// Loads the WebAssembly component (binary or component text) in the
+    /// file at `path`; see [`crate::component`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ReadModule`] if the file cannot be read,
+    /// [`Error::ModuleTooLarge`] if it is too large, and everything
+    /// [`WasmSandbox::load_component_from_buffer`] reports.
+    pub fn load_component(self, path: impl AsRef<Path>) -> Result<LoadedComponentSandbox> {
+        self.load_file(
+            path.as_ref(),
+            compile::max_module_size(),
+            |sandbox, bytes| sandbox.load_component_from_buffer(bytes),
+        )
+    }
+
+    /// Loads a WebAssembly component from memory (a binary or component
+    /// text), compiled on the host first (or found in the in-memory cache).
+    /// Modules and components load in the same sandboxes, one at a time.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotWasm`] for bytes that are not a component (a core module
+    /// is pointed to [`WasmSandbox::load_module_from_buffer`]),
+    /// [`Error::ModuleTooLarge`] past the size limit,
+    /// [`Error::InvalidModule`] for a component that does not validate,
+    /// [`Error::UnknownImport`] naming an import (`interface#function`) no
+    /// component host function was registered for, or that is not a
+    /// function, and [`Error::Instantiation`] or [`Error::GuestTrap`] if
+    /// instantiation fails. The sandbox is consumed either way.
+    pub fn load_component_from_buffer(mut self, bytes: &[u8]) -> Result<LoadedComponentSandbox> {
+        crate::metrics::metrics().loads_of_wasm_sandboxes.inc();
+        let component = crate::component::compile::prepare(bytes)?;
+        let _span = tracing::debug_span!("load_component", bytes = component.code.len()).entered();
+        self.guest.load_component(&component)?;
+        Ok(LoadedComponentSandbox::new(self.guest))
     }
 
     /// Loads a module precompiled with [`crate::compile_module`] from the
@@ -175,12 +214,12 @@ impl WasmSandbox {
 
     /// Reads the file at `path` (at most `limit` bytes) and hands its bytes
     /// to `load`. A file that cannot be read still counts as a load.
-    fn load_file(
+    fn load_file<T>(
         self,
         path: &Path,
         limit: usize,
-        load: impl FnOnce(WasmSandbox, &[u8]) -> Result<LoadedWasmSandbox>,
-    ) -> Result<LoadedWasmSandbox> {
+        load: impl FnOnce(WasmSandbox, &[u8]) -> Result<T>,
+    ) -> Result<T> {
         match read_module(path, limit) {
             Ok(bytes) => load(self, &bytes),
             Err(e) => {

@@ -5,6 +5,7 @@
 mod abis;
 mod api;
 mod common;
+mod components;
 mod errors;
 mod execution;
 mod files;

@@ -1,0 +1,385 @@
+//! Component-model values: the tree callers build ([`Val`], shaped like
+//! wasmtime's `component::Val`) and the flat form it crosses the boundary in
+//! ([`Node`]).
+//!
+//! A value travels as its nodes in pre-order: a compound node says how many
+//! values follow it, and they follow. The flat form has no recursion on the
+//! wire, so decoding a hostile message cannot exhaust the host's stack;
+//! [`unflatten`] rebuilds trees no deeper than [`MAX_DEPTH`] and checks that
+//! every node is accounted for.
+
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use serde::{Deserialize, Serialize};
+
+/// How deeply values (and the types they are checked against) may nest:
+/// the depth wasmtime's validator allows component types.
+pub const MAX_DEPTH: usize = 100;
+
+/// A component-model value of any WIT type but resources, streams and
+/// futures (which are not supported yet).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Val {
+    /// `bool`.
+    Bool(bool),
+    /// `s8`.
+    S8(i8),
+    /// `u8`.
+    U8(u8),
+    /// `s16`.
+    S16(i16),
+    /// `u16`.
+    U16(u16),
+    /// `s32`.
+    S32(i32),
+    /// `u32`.
+    U32(u32),
+    /// `s64`.
+    S64(i64),
+    /// `u64`.
+    U64(u64),
+    /// `f32` (its bits travel unchanged).
+    Float32(f32),
+    /// `f64` (its bits travel unchanged).
+    Float64(f64),
+    /// `char`: a Unicode scalar value.
+    Char(char),
+    /// `string`.
+    String(String),
+    /// `list<T>`: every element of the list's element type.
+    List(Vec<Val>),
+    /// `record { ... }`: every field, by name, in the record type's order.
+    Record(Vec<(String, Val)>),
+    /// `tuple<...>`.
+    Tuple(Vec<Val>),
+    /// `variant { ... }`: a case name and its payload, if the case has one.
+    Variant(String, Option<Box<Val>>),
+    /// `enum { ... }`: a case name.
+    Enum(String),
+    /// `option<T>`.
+    Option(Option<Box<Val>>),
+    /// `result<T, E>`: the payload of `ok` or `err`, if that side has a type.
+    Result(Result<Option<Box<Val>>, Option<Box<Val>>>),
+    /// `flags { ... }`: the names of the flags that are set.
+    Flags(Vec<String>),
+}
+
+/// One node of a flattened [`Val`]: a leaf, or a compound value and how
+/// many values follow it (its children).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Node {
+    /// `bool`.
+    Bool(bool),
+    /// `s8`.
+    S8(i8),
+    /// `u8`.
+    U8(u8),
+    /// `s16`.
+    S16(i16),
+    /// `u16`.
+    U16(u16),
+    /// `s32`.
+    S32(i32),
+    /// `u32`.
+    U32(u32),
+    /// `s64`.
+    S64(i64),
+    /// `u64`.
+    U64(u64),
+    /// `f32`.
+    Float32(f32),
+    /// `f64`.
+    Float64(f64),
+    /// `char`.
+    Char(char),
+    /// `string`.
+    String(String),
+    /// A list of this many elements, which follow.
+    List(u32),
+    /// A record with these fields, whose values follow in this order.
+    Record(Vec<String>),
+    /// A tuple of this many values, which follow.
+    Tuple(u32),
+    /// A variant case, and whether its payload follows.
+    Variant(String, bool),
+    /// An enum case.
+    Enum(String),
+    /// `none` (`false`) or `some` (`true`: the value follows).
+    Option(bool),
+    /// `ok` (`true`) or `err`, and whether its payload follows.
+    Result {
+        /// Whether it is `ok`.
+        ok: bool,
+        /// Whether a payload follows.
+        payload: bool,
+    },
+    /// The flags that are set.
+    Flags(Vec<String>),
+}
+
+/// Why nodes do not make values.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlatError {
+    /// The nodes end before the values they announce.
+    #[error("the values end early: a compound value announces more values than follow")]
+    Truncated,
+    /// Nodes are left over after the values.
+    #[error("{0} node(s) are left over after the values")]
+    Trailing(usize),
+    /// The values nest more deeply than [`MAX_DEPTH`].
+    #[error("the values nest more than {MAX_DEPTH} levels deep")]
+    TooDeep,
+}
+
+/// Flattens `vals` into their nodes, in pre-order.
+///
+/// # Errors
+///
+/// [`FlatError::TooDeep`] for values nested more than [`MAX_DEPTH`] levels.
+pub fn flatten(vals: &[Val]) -> Result<Vec<Node>, FlatError> {
+    let mut nodes = Vec::with_capacity(vals.len());
+    for val in vals {
+        flatten_into(val, 0, &mut nodes)?;
+    }
+    Ok(nodes)
+}
+
+/// A length as the `u32` a node carries: values that cross the boundary fit
+/// a buffer far smaller than 4 G nodes.
+fn count(len: usize) -> u32 {
+    u32::try_from(len).unwrap_or(u32::MAX)
+}
+
+fn flatten_into(val: &Val, depth: usize, out: &mut Vec<Node>) -> Result<(), FlatError> {
+    if depth > MAX_DEPTH {
+        return Err(FlatError::TooDeep);
+    }
+    let child = |val: &Val, out: &mut Vec<Node>| flatten_into(val, depth + 1, out);
+    match val {
+        Val::Bool(v) => out.push(Node::Bool(*v)),
+        Val::S8(v) => out.push(Node::S8(*v)),
+        Val::U8(v) => out.push(Node::U8(*v)),
+        Val::S16(v) => out.push(Node::S16(*v)),
+        Val::U16(v) => out.push(Node::U16(*v)),
+        Val::S32(v) => out.push(Node::S32(*v)),
+        Val::U32(v) => out.push(Node::U32(*v)),
+        Val::S64(v) => out.push(Node::S64(*v)),
+        Val::U64(v) => out.push(Node::U64(*v)),
+        Val::Float32(v) => out.push(Node::Float32(*v)),
+        Val::Float64(v) => out.push(Node::Float64(*v)),
+        Val::Char(v) => out.push(Node::Char(*v)),
+        Val::String(v) => out.push(Node::String(v.clone())),
+        Val::Enum(v) => out.push(Node::Enum(v.clone())),
+        Val::Flags(v) => out.push(Node::Flags(v.clone())),
+        Val::List(items) | Val::Tuple(items) => {
+            out.push(match val {
+                Val::List(_) => Node::List(count(items.len())),
+                _ => Node::Tuple(count(items.len())),
+            });
+            for item in items {
+                child(item, out)?;
+            }
+        }
+        Val::Record(fields) => {
+            out.push(Node::Record(
+                fields.iter().map(|(name, _)| name.clone()).collect(),
+            ));
+            for (_, value) in fields {
+                child(value, out)?;
+            }
+        }
+        Val::Variant(case, payload) => {
+            out.push(Node::Variant(case.clone(), payload.is_some()));
+            if let Some(payload) = payload {
+                child(payload, out)?;
+            }
+        }
+        Val::Option(value) => {
+            out.push(Node::Option(value.is_some()));
+            if let Some(value) = value {
+                child(value, out)?;
+            }
+        }
+        Val::Result(result) => {
+            let (ok, payload) = match result {
+                Ok(payload) => (true, payload),
+                Err(payload) => (false, payload),
+            };
+            out.push(Node::Result {
+                ok,
+                payload: payload.is_some(),
+            });
+            if let Some(payload) = payload {
+                child(payload, out)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Rebuilds the values `nodes` hold (all of them, exactly).
+///
+/// What it allocates is bounded by the nodes it is given, whatever counts
+/// they claim; its recursion by [`MAX_DEPTH`].
+///
+/// # Errors
+///
+/// A [`FlatError`] when the nodes do not make whole values, leave nodes
+/// over, or nest too deeply.
+pub fn unflatten(nodes: Vec<Node>) -> Result<Vec<Val>, FlatError> {
+    let mut iter = nodes.into_iter();
+    let mut vals = Vec::new();
+    while iter.len() > 0 {
+        vals.push(take(&mut iter, 0)?);
+    }
+    Ok(vals)
+}
+
+/// Rebuilds exactly `n` values from `nodes`.
+///
+/// # Errors
+///
+/// As [`unflatten`], and [`FlatError::Truncated`] or [`FlatError::Trailing`]
+/// when the nodes hold another number of values.
+pub fn unflatten_exact(nodes: Vec<Node>, n: usize) -> Result<Vec<Val>, FlatError> {
+    let mut iter = nodes.into_iter();
+    let mut vals = Vec::with_capacity(n.min(iter.len()));
+    for _ in 0..n {
+        vals.push(take(&mut iter, 0)?);
+    }
+    match iter.len() {
+        0 => Ok(vals),
+        left => Err(FlatError::Trailing(left)),
+    }
+}
+
+fn take(nodes: &mut alloc::vec::IntoIter<Node>, depth: usize) -> Result<Val, FlatError> {
+    if depth > MAX_DEPTH {
+        return Err(FlatError::TooDeep);
+    }
+    let node = nodes.next().ok_or(FlatError::Truncated)?;
+    let children = |n: u32, nodes: &mut alloc::vec::IntoIter<Node>| {
+        // Never more room than there are nodes left.
+        let mut items = Vec::with_capacity((n as usize).min(nodes.len()));
+        for _ in 0..n {
+            items.push(take(nodes, depth + 1)?);
+        }
+        Ok::<_, FlatError>(items)
+    };
+    Ok(match node {
+        Node::Bool(v) => Val::Bool(v),
+        Node::S8(v) => Val::S8(v),
+        Node::U8(v) => Val::U8(v),
+        Node::S16(v) => Val::S16(v),
+        Node::U16(v) => Val::U16(v),
+        Node::S32(v) => Val::S32(v),
+        Node::U32(v) => Val::U32(v),
+        Node::S64(v) => Val::S64(v),
+        Node::U64(v) => Val::U64(v),
+        Node::Float32(v) => Val::Float32(v),
+        Node::Float64(v) => Val::Float64(v),
+        Node::Char(v) => Val::Char(v),
+        Node::String(v) => Val::String(v),
+        Node::Enum(v) => Val::Enum(v),
+        Node::Flags(v) => Val::Flags(v),
+        Node::List(n) => Val::List(children(n, nodes)?),
+        Node::Tuple(n) => Val::Tuple(children(n, nodes)?),
+        Node::Record(names) => {
+            let values = children(count(names.len()), nodes)?;
+            Val::Record(names.into_iter().zip(values).collect())
+        }
+        Node::Variant(case, payload) => {
+            let payload = match payload {
+                true => Some(Box::new(take(nodes, depth + 1)?)),
+                false => None,
+            };
+            Val::Variant(case, payload)
+        }
+        Node::Option(some) => Val::Option(match some {
+            true => Some(Box::new(take(nodes, depth + 1)?)),
+            false => None,
+        }),
+        Node::Result { ok, payload } => {
+            let payload = match payload {
+                true => Some(Box::new(take(nodes, depth + 1)?)),
+                false => None,
+            };
+            Val::Result(if ok { Ok(payload) } else { Err(payload) })
+        }
+    })
+}
+
+/// A function a component may import, by interface and name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentImport {
+    /// The interface (`my:pkg/iface`), or empty for a function the world
+    /// imports directly.
+    pub interface: String,
+    /// The function's name.
+    pub name: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Vec<Val> {
+        vec![
+            Val::U32(7),
+            Val::List(vec![Val::String("a".into()), Val::String("b".into())]),
+            Val::Record(vec![
+                ("x".into(), Val::Float64(1.5)),
+                ("y".into(), Val::Option(Some(Box::new(Val::Char('é'))))),
+            ]),
+            Val::Result(Err(Some(Box::new(Val::Enum("nope".into()))))),
+            Val::Variant("v".into(), None),
+            Val::Tuple(vec![]),
+            Val::Flags(vec!["a".into()]),
+            Val::Result(Ok(None)),
+        ]
+    }
+
+    #[test]
+    fn values_survive_the_flat_form() {
+        let vals = sample();
+        let nodes = flatten(&vals).unwrap();
+        assert_eq!(unflatten(nodes.clone()).unwrap(), vals);
+        assert_eq!(unflatten_exact(nodes, vals.len()).unwrap(), vals);
+    }
+
+    #[test]
+    fn counts_that_lie_are_errors() {
+        assert_eq!(
+            unflatten(vec![Node::List(3), Node::U8(1)]),
+            Err(FlatError::Truncated)
+        );
+        assert_eq!(
+            unflatten(vec![Node::List(u32::MAX)]),
+            Err(FlatError::Truncated)
+        );
+        assert_eq!(
+            unflatten_exact(vec![Node::U8(1), Node::U8(2)], 1),
+            Err(FlatError::Trailing(1))
+        );
+        assert_eq!(
+            unflatten(vec![
+                Node::Record(vec!["a".into(), "b".into()]),
+                Node::U8(1)
+            ]),
+            Err(FlatError::Truncated)
+        );
+    }
+
+    #[test]
+    fn nesting_is_bounded_both_ways() {
+        let deep = vec![Node::Option(true); 100_000];
+        assert_eq!(unflatten(deep), Err(FlatError::TooDeep));
+        let mut val = Val::U8(0);
+        for _ in 0..=MAX_DEPTH {
+            val = Val::Option(Some(Box::new(val)));
+        }
+        assert_eq!(flatten(&[val]), Err(FlatError::TooDeep));
+    }
+}

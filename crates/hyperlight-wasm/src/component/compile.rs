@@ -1,0 +1,229 @@
+//! Compiling components on the host: the guest's code with the compiling
+//! engine (as for modules), and the component's WIT types, which the host
+//! needs to check every value that crosses the boundary.
+//!
+//! wasmtime reads a component's types only from a `Component` it can run,
+//! and the compiling engine targets the guest, not this process; so the
+//! types come from a second, native engine that compiles without
+//! optimizations. That second compilation is the price of not writing a
+//! component type reader of our own (see `docs/architecture.md`).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::{Engine, OptLevel};
+
+use super::types::{ComponentFunction, ComponentImportedFunction, Reader};
+use crate::compile::{self, POOL, guard_panics};
+use crate::error::{Error, Result};
+
+/// A component compiled for the guest, with its types.
+#[derive(Debug)]
+pub(crate) struct CompiledComponent {
+    /// wasmtime's artifact for the guest's engine.
+    pub(crate) code: Vec<u8>,
+    /// SHA-256 of the bytes the caller gave.
+    pub(crate) hash: [u8; 32],
+    /// Exported functions, sorted by name.
+    pub(crate) exports: Vec<ComponentFunction>,
+    /// Imported functions, in the component's order.
+    pub(crate) imports: Vec<ComponentImportedFunction>,
+}
+
+impl CompiledComponent {
+    /// The export `name`, if the component has it.
+    pub(crate) fn export(&self, name: &str) -> Option<&ComponentFunction> {
+        self.exports
+            .binary_search_by(|f| f.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.exports.get(i))
+    }
+}
+
+/// How many compiled components the in-memory cache keeps.
+const CACHE_ENTRIES: usize = 32;
+
+/// Compiled components by hash, most recently compiled last.
+static CACHE: Mutex<VecDeque<Arc<CompiledComponent>>> = Mutex::new(VecDeque::new());
+
+/// Returns the compiled form of a component (binary or text), from the
+/// in-memory cache or compiled now.
+pub(crate) fn prepare(bytes: &[u8]) -> Result<Arc<CompiledComponent>> {
+    compile::refuse_precompiled(bytes)?;
+    compile::check_size(bytes.len())?;
+    let hash: [u8; 32] = Sha256::digest(bytes).into();
+    let cache = || CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(hit) = cache().iter().find(|c| c.hash == hash) {
+        return Ok(Arc::clone(hit));
+    }
+    let compiled = Arc::new(compile(bytes, hash)?);
+    let mut cache = cache();
+    if cache.len() >= CACHE_ENTRIES {
+        cache.pop_front();
+    }
+    cache.push_back(Arc::clone(&compiled));
+    Ok(compiled)
+}
+
+fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
+    let binary = component_binary(bytes)?;
+    let invalid = |e: wasmtime::Error| Error::InvalidModule {
+        source: e.into_boxed_dyn_error(),
+    };
+    // Types first: a component the native engine refuses never reaches the
+    // guest's compiler.
+    let types_engine = types_engine()?;
+    let component = guard_panics(|| wasmtime::component::Component::new(types_engine, &binary))?
+        .map_err(invalid)?;
+    let ty = component.component_type();
+    let mut reader = Reader::new();
+    let too_big = |reason: String| Error::InvalidModule {
+        source: reason.into(),
+    };
+
+    let mut exports = Vec::new();
+    for (name, item) in ty.exports(types_engine) {
+        match item.ty {
+            ComponentItem::ComponentFunc(func) => exports.push(ComponentFunction {
+                name: name.to_owned(),
+                ty: reader.func(&func).map_err(too_big)?,
+            }),
+            ComponentItem::ComponentInstance(instance) => {
+                for (function, item) in instance.exports(types_engine) {
+                    if let ComponentItem::ComponentFunc(func) = item.ty {
+                        exports.push(ComponentFunction {
+                            name: format!("{name}#{function}"),
+                            ty: reader.func(&func).map_err(too_big)?,
+                        });
+                    }
+                }
+            }
+            // Types, modules, nested components: nothing to call.
+            _ => {}
+        }
+    }
+    exports.sort_by(|a, b| a.name.cmp(&b.name));
+
+    let mut imports = Vec::new();
+    for (name, item) in ty.imports(types_engine) {
+        match item.ty {
+            ComponentItem::ComponentFunc(func) => imports.push(ComponentImportedFunction {
+                interface: String::new(),
+                name: name.to_owned(),
+                ty: reader.func(&func).map_err(too_big)?,
+            }),
+            ComponentItem::ComponentInstance(instance) => {
+                for (function, item) in instance.exports(types_engine) {
+                    match item.ty {
+                        ComponentItem::ComponentFunc(func) => {
+                            imports.push(ComponentImportedFunction {
+                                interface: name.to_owned(),
+                                name: function.to_owned(),
+                                ty: reader.func(&func).map_err(too_big)?,
+                            });
+                        }
+                        // An interface's type definitions need nothing.
+                        ComponentItem::Type(_) => {}
+                        other => {
+                            return Err(unsupported_import(&format!("{name}#{function}"), &other));
+                        }
+                    }
+                }
+            }
+            ComponentItem::Type(_) => {}
+            other => return Err(unsupported_import(name, &other)),
+        }
+    }
+
+    let compiler = compile::compiler()?;
+    let code = guard_panics(|| {
+        let pool = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let precompile = || compiler.engine.precompile_component(&binary);
+        match pool {
+            Some(pool) => pool.install(precompile),
+            None => precompile(),
+        }
+    })?
+    .map_err(invalid)?;
+    Ok(CompiledComponent {
+        code,
+        hash,
+        exports,
+        imports,
+    })
+}
+
+/// An import the sandbox cannot provide: only functions can be imported.
+fn unsupported_import(name: &str, item: &ComponentItem) -> Error {
+    let what = match item {
+        ComponentItem::Resource(_) => "a resource type (resources are not supported yet)",
+        ComponentItem::CoreFunc(_) => "a core function",
+        ComponentItem::Module(_) => "a core module",
+        ComponentItem::Component(_) => "a component",
+        _ => "an item the sandbox does not provide",
+    };
+    Error::UnknownImport {
+        message: format!("the component imports `{name}`, {what}"),
+    }
+}
+
+/// The component's binary: `bytes` as they are, or compiled from component
+/// text. Core modules are pointed to the module loaders.
+fn component_binary(bytes: &[u8]) -> Result<Vec<u8>> {
+    const MAGIC: &[u8] = b"\0asm";
+    let is_text = std::str::from_utf8(bytes)
+        .ok()
+        .map(str::trim_start)
+        .is_some_and(|t| t.starts_with('(') || t.starts_with(";;") || t.starts_with("(;"));
+    let binary = if bytes.starts_with(MAGIC) {
+        bytes.to_vec()
+    } else if is_text {
+        wat::parse_bytes(bytes)
+            .map_err(|e| Error::InvalidModule {
+                source: Box::new(e),
+            })?
+            .into_owned()
+    } else {
+        let start: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+        return Err(Error::NotWasm {
+            reason: match bytes.is_empty() {
+                true => String::from("it is empty"),
+                false => format!(
+                    "it starts with bytes [{}], neither the WebAssembly magic number \
+                     (00 61 73 6d) nor component text",
+                    start.join(" ")
+                ),
+            },
+        });
+    };
+    match binary.get(4..8) {
+        Some([_, _, 1, 0]) => Ok(binary),
+        Some([1, 0, 0, 0]) => Err(Error::NotWasm {
+            reason: String::from(
+                "it is a core WebAssembly module, not a component: load it with \
+                 `WasmSandbox::load_module`",
+            ),
+        }),
+        _ => Err(Error::NotWasm {
+            reason: String::from("it has the WebAssembly magic number but an unknown version"),
+        }),
+    }
+}
+
+/// The native engine that reads components' types: the guest's WebAssembly
+/// features, no optimization (its code is never run).
+fn types_engine() -> Result<&'static Engine> {
+    static ENGINE: OnceLock<Result<Engine, String>> = OnceLock::new();
+    ENGINE
+        .get_or_init(|| {
+            let mut config = hyperlight_wasm_protocol::engine::shared_config();
+            config.cranelift_opt_level(OptLevel::None);
+            Engine::new(&config).map_err(|e| format!("{e:#}"))
+        })
+        .as_ref()
+        .map_err(|reason| Error::CompilerUnavailable {
+            reason: reason.clone(),
+        })
+}

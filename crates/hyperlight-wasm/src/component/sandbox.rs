@@ -1,0 +1,133 @@
+//! [`LoadedComponentSandbox`]: a sandbox with a component, ready for calls.
+
+use super::typed::{ComponentParams, ComponentValue, from_results};
+use super::{ComponentFunction, Val};
+use crate::error::{Error, Result};
+use crate::guest::Guest;
+use crate::metrics::{Live, SandboxKind};
+use crate::sandbox::{Snapshot, WasmSandbox};
+use crate::vm::interrupt::InterruptHandle;
+
+/// A sandbox with a loaded, instantiated component (see
+/// [`crate::component`]).
+#[derive(Debug)]
+pub struct LoadedComponentSandbox {
+    guest: Guest,
+    _live: Live,
+}
+
+impl LoadedComponentSandbox {
+    pub(crate) fn new(guest: Guest) -> LoadedComponentSandbox {
+        LoadedComponentSandbox {
+            guest,
+            _live: Live::new(SandboxKind::Loaded),
+        }
+    }
+
+    /// Calls the export `name` (a world-level function, `add`, or an
+    /// interface's, `my:pkg/iface#add`) with `args` and returns its results
+    /// (none or one).
+    ///
+    /// The arguments are checked against the export's WIT type before the
+    /// guest runs, and the results when they come back. With fresh state
+    /// per call (the default) the next call starts from the state right
+    /// after the load again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GuestFunctionNotFound`] for a name the component does not
+    /// export, [`Error::GuestFunctionParameterCountMismatch`] and
+    /// [`Error::GuestFunctionParameterTypeMismatch`] for arguments that do
+    /// not fit, [`Error::GuestTrap`] when the component traps (also when the
+    /// values it hands over are out of its memory or not UTF-8), and the
+    /// errors of [`crate::LoadedWasmSandbox::call_guest_function`].
+    pub fn call(&mut self, name: &str, args: &[Val]) -> Result<Vec<Val>> {
+        let _span = tracing::debug_span!("call_component", function = name).entered();
+        self.guest.call_component(name, args)
+    }
+
+    /// Calls the export `name` with Rust values: `args` is `()` or a tuple
+    /// of [`ComponentValue`]s, the result `()` or one.
+    ///
+    /// # Errors
+    ///
+    /// As [`LoadedComponentSandbox::call`], and
+    /// [`Error::GuestFunctionReturnTypeMismatch`] when `R` is not the
+    /// export's result type.
+    pub fn call_typed<P: ComponentParams, R: ComponentValue>(
+        &mut self,
+        name: &str,
+        args: P,
+    ) -> Result<R> {
+        let results = self.call(name, &args.into_vals())?;
+        from_results(results).ok_or_else(|| Error::GuestFunctionReturnTypeMismatch {
+            function: name.to_owned(),
+            message: match self
+                .guest
+                .component_exports()
+                .iter()
+                .find(|f| f.name == name)
+            {
+                Some(export) => format!(
+                    "the export is `{export}`; the result is not a {}",
+                    std::any::type_name::<R>()
+                ),
+                None => format!("the result is not a {}", std::any::type_name::<R>()),
+            },
+        })
+    }
+
+    /// The component's exported functions with their WIT types, sorted by
+    /// name, as the host read them when it compiled the component.
+    pub fn exports(&self) -> &[ComponentFunction] {
+        self.guest.component_exports()
+    }
+
+    /// Whether an earlier failure of the host's own machinery left the
+    /// sandbox unusable (see [`crate::LoadedWasmSandbox::is_poisoned`]).
+    pub fn is_poisoned(&self) -> bool {
+        self.guest.poisoned().is_some()
+    }
+
+    /// A handle that cancels the call this sandbox is running, from any
+    /// thread (see [`crate::LoadedWasmSandbox::interrupt_handle`]).
+    pub fn interrupt_handle(&self) -> InterruptHandle {
+        self.guest.interrupt_handle()
+    }
+
+    /// Saves the sandbox's state as it is now (for persistent mode; see
+    /// [`crate::LoadedWasmSandbox::snapshot`]).
+    ///
+    /// # Errors
+    ///
+    /// Fails if the sandbox is unusable or KVM fails.
+    pub fn snapshot(&mut self) -> Result<Snapshot> {
+        self.guest.snapshot().map(Snapshot::new)
+    }
+
+    /// Brings back a state saved by [`LoadedComponentSandbox::snapshot`] of
+    /// this sandbox.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::SnapshotMismatch`] for a snapshot of another sandbox; fails
+    /// if the sandbox is unusable or KVM fails.
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        self.guest.restore(snapshot.inner())
+    }
+
+    /// Unloads the component: the VM goes back to its state right after
+    /// `load_runtime`, ready for another module or component.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the guest is unusable; the sandbox is consumed either way.
+    pub fn unload(mut self) -> Result<WasmSandbox> {
+        let _span = tracing::debug_span!("unload_component").entered();
+        crate::metrics::metrics()
+            .unloads_of_loaded_wasm_sandboxes
+            .inc();
+        self.guest.unload_module()?;
+        Ok(WasmSandbox::new(self.guest))
+    }
+}
