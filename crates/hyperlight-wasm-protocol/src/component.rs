@@ -131,6 +131,9 @@ pub enum FlatError {
     /// The values nest more deeply than [`MAX_DEPTH`].
     #[error("the values nest more than {MAX_DEPTH} levels deep")]
     TooDeep,
+    /// A list or tuple has more elements than a node can count.
+    #[error("a list of {0} elements is longer than the boundary carries")]
+    TooLong(usize),
 }
 
 /// Flattens `vals` into their nodes, in pre-order.
@@ -146,10 +149,9 @@ pub fn flatten(vals: &[Val]) -> Result<Vec<Node>, FlatError> {
     Ok(nodes)
 }
 
-/// A length as the `u32` a node carries: values that cross the boundary fit
-/// a buffer far smaller than 4 G nodes.
-fn count(len: usize) -> u32 {
-    u32::try_from(len).unwrap_or(u32::MAX)
+/// A length as the `u32` a node carries.
+fn count(len: usize) -> Result<u32, FlatError> {
+    u32::try_from(len).map_err(|_| FlatError::TooLong(len))
 }
 
 fn flatten_into(val: &Val, depth: usize, out: &mut Vec<Node>) -> Result<(), FlatError> {
@@ -175,8 +177,8 @@ fn flatten_into(val: &Val, depth: usize, out: &mut Vec<Node>) -> Result<(), Flat
         Val::Flags(v) => out.push(Node::Flags(v.clone())),
         Val::List(items) | Val::Tuple(items) => {
             out.push(match val {
-                Val::List(_) => Node::List(count(items.len())),
-                _ => Node::Tuple(count(items.len())),
+                Val::List(_) => Node::List(count(items.len())?),
+                _ => Node::Tuple(count(items.len())?),
             });
             for item in items {
                 child(item, out)?;
@@ -245,7 +247,7 @@ pub fn unflatten(nodes: Vec<Node>) -> Result<Vec<Val>, FlatError> {
 /// when the nodes hold another number of values.
 pub fn unflatten_exact(nodes: Vec<Node>, n: usize) -> Result<Vec<Val>, FlatError> {
     let mut iter = nodes.into_iter();
-    let mut vals = Vec::with_capacity(n.min(iter.len()));
+    let mut vals = Vec::with_capacity(n.min(iter.len()).min(RESERVE));
     for _ in 0..n {
         vals.push(take(&mut iter, 0)?);
     }
@@ -255,14 +257,19 @@ pub fn unflatten_exact(nodes: Vec<Node>, n: usize) -> Result<Vec<Val>, FlatError
     }
 }
 
+/// The most elements reserved for a list before they are decoded.
+const RESERVE: usize = 1024;
+
 fn take(nodes: &mut alloc::vec::IntoIter<Node>, depth: usize) -> Result<Val, FlatError> {
     if depth > MAX_DEPTH {
         return Err(FlatError::TooDeep);
     }
     let node = nodes.next().ok_or(FlatError::Truncated)?;
     let children = |n: u32, nodes: &mut alloc::vec::IntoIter<Node>| {
-        // Never more room than there are nodes left.
-        let mut items = Vec::with_capacity((n as usize).min(nodes.len()));
+        // Never more room than there are nodes left, and little up front:
+        // nested lists that each claim every node left must not multiply
+        // what is reserved.
+        let mut items = Vec::with_capacity((n as usize).min(nodes.len()).min(RESERVE));
         for _ in 0..n {
             items.push(take(nodes, depth + 1)?);
         }
@@ -287,7 +294,7 @@ fn take(nodes: &mut alloc::vec::IntoIter<Node>, depth: usize) -> Result<Val, Fla
         Node::List(n) => Val::List(children(n, nodes)?),
         Node::Tuple(n) => Val::Tuple(children(n, nodes)?),
         Node::Record(names) => {
-            let values = children(count(names.len()), nodes)?;
+            let values = children(count(names.len())?, nodes)?;
             Val::Record(names.into_iter().zip(values).collect())
         }
         Node::Variant(case, payload) => {

@@ -97,9 +97,7 @@ impl ComponentFunctions {
                 });
             }
         }
-        for entry in self.functions.values_mut() {
-            entry.ty = None;
-        }
+        self.unlink();
         let mut linked = Vec::with_capacity(imports.len());
         for import in imports {
             let key = (import.interface.clone(), import.name.clone());
@@ -112,6 +110,14 @@ impl ComponentFunctions {
             });
         }
         Ok(linked)
+    }
+
+    /// Forgets the types of the loaded component's imports: none can be
+    /// called until another component links them.
+    pub(crate) fn unlink(&mut self) {
+        for entry in self.functions.values_mut() {
+            entry.ty = None;
+        }
     }
 
     /// Calls `interface#function` for the guest with the flat `args`.
@@ -327,6 +333,14 @@ mod tests {
         );
         // A function not linked by the loaded component is not callable.
         functions.link(&[]).unwrap();
+        assert!(
+            functions
+                .call(String::new(), "lies".into(), vec![])
+                .is_err()
+        );
+        // Nor after the component is unloaded.
+        let mut functions = linked();
+        functions.unlink();
         assert!(
             functions
                 .call(String::new(), "lies".into(), vec![])

@@ -31,7 +31,10 @@ impl LoadedComponentSandbox {
     /// The arguments are checked against the export's WIT type before the
     /// guest runs, and the results when they come back. With fresh state
     /// per call (the default) the next call starts from the state right
-    /// after the load again.
+    /// after the load again. In persistent mode a call that fails in the
+    /// guest (a trap, a host function's error) also puts the sandbox back
+    /// to the state right after the load: wasmtime never enters a component
+    /// instance again after a failed call.
     ///
     /// # Errors
     ///

@@ -96,22 +96,43 @@ pub(crate) struct ComponentImportedFunction {
 /// may share parts, so a small component can describe very large trees.
 const MAX_TYPE_NODES: usize = 250_000;
 
-/// Converts wasmtime's types into ours, counting nodes against a budget.
+/// The most bytes of names (fields, cases, flags) the host copies out of
+/// one component's types: a type used many times is copied every time.
+const MAX_TYPE_NAME_BYTES: usize = 16 << 20;
+
+/// Converts wasmtime's types into ours, counting nodes and name bytes
+/// against a budget.
 pub(crate) struct Reader {
     left: usize,
+    name_bytes_left: usize,
 }
 
 impl Reader {
     pub(crate) fn new() -> Reader {
         Reader {
             left: MAX_TYPE_NODES,
+            name_bytes_left: MAX_TYPE_NAME_BYTES,
         }
+    }
+
+    /// Copies a name, counting it against the budget.
+    fn name(&mut self, name: &str) -> Result<String, String> {
+        self.name_bytes_left = self
+            .name_bytes_left
+            .checked_sub(name.len())
+            .ok_or_else(|| {
+                format!(
+                    "its types name more than {MAX_TYPE_NAME_BYTES} bytes of fields and cases, \
+                     more than the host reads"
+                )
+            })?;
+        Ok(name.to_owned())
     }
 
     pub(crate) fn func(&mut self, func: &wt::ComponentFunc) -> Result<FuncType, String> {
         let params = func
             .params()
-            .map(|(name, ty)| Ok((name.to_owned(), self.ty(&ty, 0)?)))
+            .map(|(name, ty)| Ok((self.name(name)?, self.ty(&ty, 0)?)))
             .collect::<Result<_, String>>()?;
         let results = func
             .results()
@@ -129,7 +150,6 @@ impl Reader {
                 "its types describe more than {MAX_TYPE_NODES} values, more than the host reads"
             )
         })?;
-        let mut inner = |ty: &wt::Type| self.ty(ty, depth + 1);
         Ok(match ty {
             wt::Type::Bool => Type::Bool,
             wt::Type::S8 => Type::S8,
@@ -144,37 +164,51 @@ impl Reader {
             wt::Type::Float64 => Type::Float64,
             wt::Type::Char => Type::Char,
             wt::Type::String => Type::String,
-            wt::Type::List(list) => Type::List(Box::new(inner(&list.ty())?)),
+            wt::Type::List(list) => Type::List(Box::new(self.ty(&list.ty(), depth + 1)?)),
             wt::Type::Record(record) => Type::Record(
                 record
                     .fields()
-                    .map(|field| Ok((field.name.to_owned(), inner(&field.ty)?)))
+                    .map(|field| Ok((self.name(field.name)?, self.ty(&field.ty, depth + 1)?)))
                     .collect::<Result<_, String>>()?,
             ),
             wt::Type::Tuple(tuple) => Type::Tuple(
                 tuple
                     .types()
-                    .map(|ty| inner(&ty))
+                    .map(|ty| self.ty(&ty, depth + 1))
                     .collect::<Result<_, String>>()?,
             ),
             wt::Type::Variant(variant) => Type::Variant(
                 variant
                     .cases()
                     .map(|case| {
-                        Ok((
-                            case.name.to_owned(),
-                            case.ty.map(|t| inner(&t)).transpose()?,
-                        ))
+                        let name = self.name(case.name)?;
+                        let ty = case.ty.map(|t| self.ty(&t, depth + 1)).transpose()?;
+                        Ok((name, ty))
                     })
                     .collect::<Result<_, String>>()?,
             ),
-            wt::Type::Enum(e) => Type::Enum(e.names().map(str::to_owned).collect()),
-            wt::Type::Option(option) => Type::Option(Box::new(inner(&option.ty())?)),
+            wt::Type::Enum(e) => Type::Enum(
+                e.names()
+                    .map(|n| self.name(n))
+                    .collect::<Result<_, String>>()?,
+            ),
+            wt::Type::Option(option) => Type::Option(Box::new(self.ty(&option.ty(), depth + 1)?)),
             wt::Type::Result(result) => Type::Result {
-                ok: result.ok().map(|t| inner(&t).map(Box::new)).transpose()?,
-                err: result.err().map(|t| inner(&t).map(Box::new)).transpose()?,
+                ok: result
+                    .ok()
+                    .map(|t| self.ty(&t, depth + 1).map(Box::new))
+                    .transpose()?,
+                err: result
+                    .err()
+                    .map(|t| self.ty(&t, depth + 1).map(Box::new))
+                    .transpose()?,
             },
-            wt::Type::Flags(flags) => Type::Flags(flags.names().map(str::to_owned).collect()),
+            wt::Type::Flags(flags) => Type::Flags(
+                flags
+                    .names()
+                    .map(|n| self.name(n))
+                    .collect::<Result<_, String>>()?,
+            ),
             wt::Type::Own(_) => Type::Unsupported("own"),
             wt::Type::Borrow(_) => Type::Unsupported("borrow"),
             wt::Type::Future(_) => Type::Unsupported("future"),
@@ -187,10 +221,56 @@ impl Reader {
 }
 
 impl Type {
+    /// The type as WIT writes it, cut short after a few hundred bytes (for
+    /// messages: a type can be very large).
+    fn short(&self) -> String {
+        const LIMIT: usize = 200;
+        struct Bounded(String);
+        impl fmt::Write for Bounded {
+            fn write_str(&mut self, s: &str) -> fmt::Result {
+                let room = LIMIT.saturating_sub(self.0.len());
+                if s.len() <= room {
+                    self.0.push_str(s);
+                    return Ok(());
+                }
+                let mut cut = room;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                self.0.push_str(&s[..cut]);
+                Err(fmt::Error)
+            }
+        }
+        let mut text = Bounded(String::new());
+        if fmt::write(&mut text, format_args!("{self}")).is_err() {
+            text.0.push_str("...");
+        }
+        text.0
+    }
+
+    /// The kind of value of this type that cannot cross the boundary yet,
+    /// if the type holds one anywhere (resources, streams, futures).
+    pub(crate) fn unsupported(&self) -> Option<&'static str> {
+        match self {
+            Type::Unsupported(kind) => Some(kind),
+            Type::List(t) | Type::Option(t) => t.unsupported(),
+            Type::Tuple(types) => types.iter().find_map(Type::unsupported),
+            Type::Record(fields) => fields.iter().find_map(|(_, t)| t.unsupported()),
+            Type::Variant(cases) => cases
+                .iter()
+                .find_map(|(_, t)| t.as_ref().and_then(Type::unsupported)),
+            Type::Result { ok, err } => ok
+                .as_deref()
+                .and_then(Type::unsupported)
+                .or_else(|| err.as_deref().and_then(Type::unsupported)),
+            _ => None,
+        }
+    }
+
     /// Checks that `val` is a value of this type; the error says where and
     /// why it is not.
     pub fn check(&self, val: &Val) -> Result<(), String> {
-        let found = |what: &str| Err(format!("expected {self}, found {what}"));
+        let found = |what: &str| Err(format!("expected {}, found {what}", self.short()));
         match (self, val) {
             (Type::Bool, Val::Bool(_))
             | (Type::S8, Val::S8(_))

@@ -327,6 +327,27 @@ impl Guest {
                 function: function.to_owned(),
             });
         };
+        if let Some(kind) = export.ty.params.iter().find_map(|(_, t)| t.unsupported()) {
+            return fail(Error::GuestFunctionParameterTypeMismatch {
+                function: function.to_owned(),
+                message: format!(
+                    "it takes a value of type {kind}, which cannot cross the boundary yet"
+                ),
+            });
+        }
+        if let Some(kind) = export
+            .ty
+            .results
+            .iter()
+            .find_map(crate::component::Type::unsupported)
+        {
+            return fail(Error::GuestFunctionReturnTypeMismatch {
+                function: function.to_owned(),
+                message: format!(
+                    "it returns a value of type {kind}, which cannot cross the boundary yet"
+                ),
+            });
+        }
         if let Err(e) = export.ty.check_params(args) {
             return fail(match e {
                 ParamError::Count(message) => Error::GuestFunctionParameterCountMismatch {
@@ -375,6 +396,17 @@ impl Guest {
         // The name is one the component exports (checked above).
         #[cfg(feature = "function_call_metrics")]
         crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
+        // wasmtime never enters a component instance again after a call of
+        // it failed (a trap, a host function's error): a persistent sandbox
+        // goes back to the post-load state, where a fresh one already is.
+        if let Err(e) = &result
+            && !reset
+            && e.aftermath() == Aftermath::Clean
+            && let Some(snapshot) = self.reset_target()
+        {
+            let restored = self.vm.restore(&snapshot);
+            let _poisoned_if_failed = self.poison_on_error(restored);
+        }
         result
     }
 
@@ -533,6 +565,8 @@ impl Guest {
         self.module_snapshot = None;
         self.exports = None;
         self.component = None;
+        // The guest can no longer call the component's imports.
+        self.services.components_mut().unlink();
         Ok(())
     }
 

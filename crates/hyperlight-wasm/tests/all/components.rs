@@ -158,6 +158,12 @@ fn state_is_fresh_per_call_by_default_and_kept_when_persistent() {
     }
     persistent.restore(&snapshot).unwrap();
     assert_eq!(persistent.call_typed::<_, u32>("count", ()).unwrap(), 1);
+    assert_eq!(persistent.call_typed::<_, u32>("count", ()).unwrap(), 2);
+    // wasmtime never enters an instance again after a failed call: the
+    // sandbox goes back to the post-load state and stays usable.
+    persistent.call("boom", &[]).unwrap_err();
+    assert_eq!(persistent.call_typed::<_, u32>("count", ()).unwrap(), 1);
+    assert!(!persistent.is_poisoned());
 }
 
 #[test]
