@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use super::artifact::{self, ExportedFunction, Import, SIGNED_MAGIC};
-use super::{Compiled, check_looks_like_wasm, check_size, hex, signatures};
+use super::{Compiled, WasmKind, check_looks_like_wasm, check_size, hex, signatures};
 use crate::error::{Error, Result};
 
 /// What kind of file [`inspect`] looked at.
@@ -173,7 +173,7 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection> {
         });
     }
     check_size(bytes.len())?;
-    check_looks_like_wasm(bytes)?;
+    check_looks_like_wasm(bytes, WasmKind::Module)?;
     let kind = if bytes.starts_with(b"\0asm") {
         ModuleKind::Binary
     } else {

@@ -19,6 +19,7 @@ mod cache;
 mod exports;
 pub(crate) mod inspect;
 
+use std::borrow::Cow;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
@@ -55,7 +56,7 @@ pub(crate) fn max_module_size() -> usize {
 }
 
 /// The thread pool compilation runs on, if the application chose a size.
-pub(crate) static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
+static POOL: Mutex<Option<Arc<rayon::ThreadPool>>> = Mutex::new(None);
 
 /// Sets how many threads compile a module's functions in parallel
 /// (`None`: rayon's global pool, one thread per CPU, the default). Applies
@@ -294,23 +295,12 @@ impl Compiled {
 /// Compiles `wasm` (binary or text; checked against the size limit first).
 fn compile(wasm: &[u8]) -> Result<Compiled> {
     check_size(wasm.len())?;
-    check_looks_like_wasm(wasm)?;
-    let binary = wat::parse_bytes(wasm).map_err(|e| Error::InvalidModule {
-        source: Box::new(e),
-    })?;
-    // Text may have been component text.
-    check_looks_like_wasm(&binary)?;
+    let binary = parse_binary(wasm, WasmKind::Module)?;
     let compiler = compiler()?;
-    let code = guard_panics(|| {
-        let pool = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let precompile = || compiler.engine.precompile_module(&binary);
-        match pool {
-            Some(pool) => pool.install(precompile),
-            None => precompile(),
+    let code = run_compiler(|| compiler.engine.precompile_module(&binary))?.map_err(|e| {
+        Error::InvalidModule {
+            source: e.into_boxed_dyn_error(),
         }
-    })?
-    .map_err(|e| Error::InvalidModule {
-        source: e.into_boxed_dyn_error(),
     })?;
     let (imports, exports) = signatures(&binary)?;
     let header = Header {
@@ -323,6 +313,20 @@ fn compile(wasm: &[u8]) -> Result<Compiled> {
         cpu_features: compiler.flags.iter().map(|f| String::from(*f)).collect(),
     };
     Compiled::from_artifact(artifact::write(&header, &code, None)?)
+}
+
+/// Runs `precompile` (the compiling engine's work) on the thread pool the
+/// application chose, if it chose one, under [`guard_panics`].
+pub(crate) fn run_compiler(
+    precompile: impl FnOnce() -> wasmtime::Result<Vec<u8>> + Send,
+) -> Result<wasmtime::Result<Vec<u8>>> {
+    guard_panics(|| {
+        let pool = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match pool {
+            Some(pool) => pool.install(precompile),
+            None => precompile(),
+        }
+    })
 }
 
 /// Runs the compiler, turning a panic inside it (ours or a worker
@@ -526,21 +530,55 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Rejects bytes that are neither a core module binary nor module text, with
-/// a message that says what they look like.
-fn check_looks_like_wasm(bytes: &[u8]) -> Result<()> {
+/// The two kinds of WebAssembly a sandbox loads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WasmKind {
+    /// A core module.
+    Module,
+    /// A component.
+    Component,
+}
+
+/// The binary of `bytes` (a binary, or text compiled with `wat`), which
+/// must be WebAssembly of kind `want`.
+///
+/// # Errors
+///
+/// As [`check_looks_like_wasm`] (before and after the text is compiled:
+/// text can be of the other kind), and [`Error::InvalidModule`] for text
+/// that does not parse.
+pub(crate) fn parse_binary(bytes: &[u8], want: WasmKind) -> Result<Cow<'_, [u8]>> {
+    check_looks_like_wasm(bytes, want)?;
+    let binary = wat::parse_bytes(bytes).map_err(|e| Error::InvalidModule {
+        source: Box::new(e),
+    })?;
+    check_looks_like_wasm(&binary, want)?;
+    Ok(binary)
+}
+
+/// Rejects bytes that are neither a binary of kind `want` nor text, with a
+/// message that says what they look like (and, for the other kind, which
+/// loader takes it).
+fn check_looks_like_wasm(bytes: &[u8], want: WasmKind) -> Result<()> {
     const MAGIC: &[u8] = b"\0asm";
+    let not_wasm = |reason: &str| {
+        Err(Error::NotWasm {
+            reason: String::from(reason),
+        })
+    };
     if let Some(version) = bytes.strip_prefix(MAGIC) {
-        return match version.get(..4) {
-            Some([1, 0, 0, 0]) => Ok(()),
-            Some([_, _, 1, 0]) => Err(Error::NotWasm {
-                reason: String::from(
-                    "it is a WebAssembly component: load it with `WasmSandbox::load_component`",
-                ),
-            }),
-            _ => Err(Error::NotWasm {
-                reason: String::from("it has the WebAssembly magic number but an unknown version"),
-            }),
+        return match (version.get(..4), want) {
+            (Some([1, 0, 0, 0]), WasmKind::Module) | (Some([_, _, 1, 0]), WasmKind::Component) => {
+                Ok(())
+            }
+            (Some([_, _, 1, 0]), WasmKind::Module) => not_wasm(
+                "it is a WebAssembly component: load it with `WasmSandbox::load_component`",
+            ),
+            (Some([1, 0, 0, 0]), WasmKind::Component) => not_wasm(
+                "it is a core WebAssembly module, not a component: load it with \
+                 `WasmSandbox::load_module`",
+            ),
+            _ => not_wasm("it has the WebAssembly magic number but an unknown version"),
         };
     }
     let text = std::str::from_utf8(bytes).ok().map(str::trim_start);
@@ -554,8 +592,12 @@ fn check_looks_like_wasm(bytes: &[u8]) -> Result<()> {
         } else {
             format!(
                 "it starts with bytes [{}], neither the WebAssembly magic number (00 61 73 6d) \
-                 nor module text",
-                start.join(" ")
+                 nor {} text",
+                start.join(" "),
+                match want {
+                    WasmKind::Module => "module",
+                    WasmKind::Component => "component",
+                }
             )
         },
     })

@@ -16,7 +16,7 @@ use wasmtime::component::types::ComponentItem;
 use wasmtime::{Engine, OptLevel};
 
 use super::types::{ComponentFunction, ComponentImportedFunction, Reader};
-use crate::compile::{self, POOL, guard_panics};
+use crate::compile::{self, WasmKind, guard_panics};
 use crate::error::{Error, Result};
 
 /// A component compiled for the guest, with its types.
@@ -68,7 +68,7 @@ pub(crate) fn prepare(bytes: &[u8]) -> Result<Arc<CompiledComponent>> {
 }
 
 fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
-    let binary = component_binary(bytes)?;
+    let binary = compile::parse_binary(bytes, WasmKind::Component)?;
     let invalid = |e: wasmtime::Error| Error::InvalidModule {
         source: e.into_boxed_dyn_error(),
     };
@@ -138,15 +138,8 @@ fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
     }
 
     let compiler = compile::compiler()?;
-    let code = guard_panics(|| {
-        let pool = POOL.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let precompile = || compiler.engine.precompile_component(&binary);
-        match pool {
-            Some(pool) => pool.install(precompile),
-            None => precompile(),
-        }
-    })?
-    .map_err(invalid)?;
+    let code = compile::run_compiler(|| compiler.engine.precompile_component(&binary))?
+        .map_err(invalid)?;
     Ok(CompiledComponent {
         code,
         hash,
@@ -166,49 +159,6 @@ fn unsupported_import(name: &str, item: &ComponentItem) -> Error {
     };
     Error::UnknownImport {
         message: format!("the component imports `{name}`, {what}"),
-    }
-}
-
-/// The component's binary: `bytes` as they are, or compiled from component
-/// text. Core modules are pointed to the module loaders.
-fn component_binary(bytes: &[u8]) -> Result<Vec<u8>> {
-    const MAGIC: &[u8] = b"\0asm";
-    let is_text = std::str::from_utf8(bytes)
-        .ok()
-        .map(str::trim_start)
-        .is_some_and(|t| t.starts_with('(') || t.starts_with(";;") || t.starts_with("(;"));
-    let binary = if bytes.starts_with(MAGIC) {
-        bytes.to_vec()
-    } else if is_text {
-        wat::parse_bytes(bytes)
-            .map_err(|e| Error::InvalidModule {
-                source: Box::new(e),
-            })?
-            .into_owned()
-    } else {
-        let start: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
-        return Err(Error::NotWasm {
-            reason: match bytes.is_empty() {
-                true => String::from("it is empty"),
-                false => format!(
-                    "it starts with bytes [{}], neither the WebAssembly magic number \
-                     (00 61 73 6d) nor component text",
-                    start.join(" ")
-                ),
-            },
-        });
-    };
-    match binary.get(4..8) {
-        Some([_, _, 1, 0]) => Ok(binary),
-        Some([1, 0, 0, 0]) => Err(Error::NotWasm {
-            reason: String::from(
-                "it is a core WebAssembly module, not a component: load it with \
-                 `WasmSandbox::load_module`",
-            ),
-        }),
-        _ => Err(Error::NotWasm {
-            reason: String::from("it has the WebAssembly magic number but an unknown version"),
-        }),
     }
 }
 
