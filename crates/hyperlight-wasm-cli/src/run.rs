@@ -1,13 +1,15 @@
-//! `hyperlight-wasm run`: a WASI command's `_start` with the process's
-//! stdio and exit code, or one export called with arguments parsed by its
-//! signature (`--invoke`).
+//! `hyperlight-wasm run`: a WASI command's `_start` (a preview 1 module) or
+//! `wasi:cli/run` (a WASI 0.2 component) with the process's stdio and exit
+//! code, or one module export called with arguments parsed by its signature
+//! (`--invoke`).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use hyperlight_wasm::{
-    DirAccess, Error, LoadedWasmSandbox, OutputStream, SandboxBuilder, WasiConfig,
+    DirAccess, Error, LoadedComponentSandbox, LoadedWasmSandbox, OutputStream, SandboxBuilder,
+    WasiConfig,
 };
 
 use crate::cli::{RunOptions, SandboxOptions};
@@ -96,9 +98,22 @@ fn print(stream: OutputStream, text: &str) {
     };
 }
 
-fn load(options: &RunOptions) -> Result<LoadedWasmSandbox, CliError> {
+/// A loaded module or component.
+enum Loaded {
+    Module(LoadedWasmSandbox),
+    Component(LoadedComponentSandbox),
+}
+
+fn load(options: &RunOptions) -> Result<Loaded, CliError> {
     let bytes = read_file(&options.file)?;
     let file = options.file.display();
+    let component = hyperlight_wasm::is_component(&bytes);
+    if component && options.invoke.is_some() {
+        return Err(CliError::Usage(format!(
+            "`{file}` is a component; --invoke calls core module exports only (a component \
+             runs as a wasi:cli command, without --invoke)"
+        )));
+    }
     let sandbox = builder(&options.sandbox)
         .with_max_execution_time(options.timeout.unwrap_or(NO_TIMEOUT))
         .with_persistent_state(options.persistent)
@@ -108,6 +123,15 @@ fn load(options: &RunOptions) -> Result<LoadedWasmSandbox, CliError> {
         .map_err(CliError::sandbox("cannot create the sandbox"))?
         .load_runtime()
         .map_err(CliError::sandbox("cannot start the sandbox's runtime"))?;
+    if component {
+        return sandbox
+            .load_component_from_buffer(&bytes)
+            .map(Loaded::Component)
+            .map_err(|source| CliError::Sandbox {
+                context: format!("cannot load `{file}`"),
+                source,
+            });
+    }
     let loaded = if options.allow_precompiled {
         // SAFETY: the caller asked for the artifact to run unchecked
         // (--allow-precompiled says that its machine code is trusted);
@@ -116,26 +140,44 @@ fn load(options: &RunOptions) -> Result<LoadedWasmSandbox, CliError> {
     } else {
         sandbox.load_module_from_buffer(&bytes)
     };
-    loaded.map_err(|source| {
-        let hint = match &source {
-            Error::PrecompiledModuleNeedsUnsafeLoader => {
-                " (a precompiled artifact runs only with --allow-precompiled)"
+    loaded
+        .map_err(|source| {
+            let hint = match &source {
+                Error::PrecompiledModuleNeedsUnsafeLoader => {
+                    " (a precompiled artifact runs only with --allow-precompiled)"
+                }
+                _ => "",
+            };
+            CliError::Sandbox {
+                context: format!("cannot load `{file}`{hint}"),
+                source,
             }
-            Error::NotWasm { reason } if reason.contains("load_component") => {
-                " (the command line runs core modules only, not yet components)"
-            }
-            _ => "",
-        };
-        CliError::Sandbox {
-            context: format!("cannot load `{file}`{hint}"),
-            source,
-        }
-    })
+        })
+        .map(Loaded::Module)
 }
 
 /// Runs the subcommand; the exit code is the module's.
 pub fn run(options: RunOptions) -> Result<ExitCode, CliError> {
-    let mut sandbox = load(&options)?;
+    let mut sandbox = match load(&options)? {
+        Loaded::Module(sandbox) => sandbox,
+        Loaded::Component(mut sandbox) => {
+            return match sandbox.run() {
+                Ok(code) => Ok(exit_code(code)),
+                Err(source) => {
+                    let hint = match source {
+                        Error::GuestFunctionNotFound { .. } => {
+                            " (it exports no wasi:cli/run: not a command)"
+                        }
+                        _ => "",
+                    };
+                    Err(CliError::Sandbox {
+                        context: format!("`{}` failed{hint}", options.file.display()),
+                        source,
+                    })
+                }
+            };
+        }
+    };
     match &options.invoke {
         None => match sandbox.call_guest_function::<()>("_start", ()) {
             Ok(()) => Ok(ExitCode::SUCCESS),

@@ -3,6 +3,8 @@
 //! exit 1 with the cause on stderr.
 
 mod common;
+#[path = "../../hyperlight-wasm/fixtures/fixtures.rs"]
+mod fixtures;
 
 use common::{Files, assert_fails_with, bin, run, texts};
 use std::io::Write;
@@ -173,6 +175,61 @@ fn a_wasi_command_gets_its_arguments_environment_stdin_and_exit_code() {
     );
     // Nothing of this process's environment goes in unasked.
     assert!(!stdout.contains("PATH="));
+}
+
+#[test]
+fn a_wasip2_component_runs_as_a_command() {
+    let files = Files::new();
+    let app = files.write("app.wasm", fixtures::rust_wasip2_app());
+    let app = app.display().to_string();
+    std::fs::create_dir(files.dir.path().join("data")).unwrap();
+    let data = files.write("data/given.txt", "given");
+    let dir = data.parent().unwrap().display().to_string();
+    let mut child = bin()
+        .args(["run", "--env", "GREETING=hi", &app, "hello", "two words"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"piped").unwrap();
+    let output = child.wait_with_output().unwrap();
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        stdout,
+        "args [\"hello\", \"two words\"]\ngreeting Some(\"hi\")\nstdin PIPED\n"
+    );
+    assert_eq!(stderr, "to stderr\n");
+    // A read-only directory, and the exit code of a failing command.
+    let output = run(&[
+        "run",
+        "--dir-ro",
+        &format!("{dir}::/data"),
+        &app,
+        "read-only",
+        "/data",
+    ]);
+    let (stdout, stderr) = texts(&output);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(stdout, "given \"given\"\nwrite Err(PermissionDenied)\n");
+    assert_eq!(run(&["run", &app, "exit", "3"]).status.code(), Some(1));
+    assert_fails_with(&run(&["run", &app, "trap"]), "failed");
+    assert_fails_with(
+        &run(&["run", "--invoke", "run", &app]),
+        "--invoke calls core module exports only",
+    );
+    let library = files.write(
+        "lib.wat",
+        r#"(component
+            (core module $m (func (export "f") (result i32) i32.const 1))
+            (core instance $i (instantiate $m))
+            (func (export "f") (result u32) (canon lift (core func $i "f"))))"#,
+    );
+    assert_fails_with(
+        &run(&["run", &library.display().to_string()]),
+        "not a command",
+    );
 }
 
 #[test]

@@ -16,10 +16,16 @@ use crate::abi::Fault;
 use crate::imports::ask_host;
 use crate::runtime::Limits;
 
-/// A component's linker: every host function the host registered, each a
-/// call to the host.
-pub fn linker(engine: &Engine, imports: &[ComponentImport]) -> wasmtime::Result<Linker<Limits>> {
+/// A component's linker: the WASI 0.2 interfaces it imports (served in the
+/// guest, [`crate::wasi_p2`]) and every host function the host registered,
+/// each a call to the host.
+pub fn linker(
+    engine: &Engine,
+    component: &Component,
+    imports: &[ComponentImport],
+) -> wasmtime::Result<Linker<Limits>> {
     let mut linker = Linker::new(engine);
+    crate::wasi_p2::define(&mut linker, engine, component)?;
     for import in imports {
         let interface = import.interface.clone();
         let name = import.name.clone();

@@ -442,7 +442,7 @@ fn define_wasi(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
 /// Sends text the module wrote to stdout or stderr to the host's print
 /// function, in pieces that fit the output buffer. Invalid UTF-8 is
 /// replaced with U+FFFD: printing is diagnostics, not data.
-fn print(bytes: &[u8], stderr: bool) -> wasmtime::Result<()> {
+pub(crate) fn print(bytes: &[u8], stderr: bool) -> wasmtime::Result<()> {
     let text = String::from_utf8_lossy(bytes);
     let mut rest: &str = &text;
     let limit = host::transfer_limit().max(4);

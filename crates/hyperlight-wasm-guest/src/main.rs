@@ -52,6 +52,7 @@ mod platform;
 mod poll;
 mod runtime;
 mod ungranted;
+mod wasi_p2;
 
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
 use hyperlight_wasm_protocol::boot::{BOOT_MAGIC, BootInfo};

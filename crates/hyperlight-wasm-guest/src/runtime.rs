@@ -82,6 +82,15 @@ pub struct Limits {
     /// The exports strings and buffers go through (imports find the
     /// module's memory by it).
     pub abi: ModuleAbi,
+    /// A component's WASI 0.2 resources.
+    pub wasi: crate::wasi_p2::Table,
+}
+
+impl Limits {
+    /// The most memory the module or component may have.
+    pub fn max_memory(&self) -> usize {
+        self.max_memory
+    }
 }
 
 impl wasmtime::ResourceLimiter for Limits {
@@ -227,6 +236,7 @@ impl Runtime {
             Limits {
                 max_memory: self.max_memory,
                 abi,
+                wasi: Default::default(),
             },
         );
         store.limiter(|limits| limits);
@@ -308,7 +318,7 @@ impl Runtime {
             )
         }
         .map_err(|e| error(ErrorCode::IncompatibleArtifact, format_args!("{e:#}")))?;
-        let linker = crate::component::linker(&self.engine, imports).map_err(|e| {
+        let linker = crate::component::linker(&self.engine, &component, imports).map_err(|e| {
             error(
                 ErrorCode::Other,
                 format_args!("cannot set up imports: {e:?}"),
@@ -319,6 +329,7 @@ impl Runtime {
             Limits {
                 max_memory: self.max_memory,
                 abi: ModuleAbi::default(),
+                wasi: Default::default(),
             },
         );
         store.limiter(|limits| limits);

@@ -328,9 +328,73 @@ pub struct ComponentImport {
     pub name: String,
 }
 
+/// The WASI 0.2 interfaces the guest serves itself (without the version),
+/// under the sandbox's `WasiConfig` like WASI preview 1. A component's
+/// imports of these are not host functions: the host does not ask for
+/// them to be registered.
+pub const WASI_P2_INTERFACES: &[&str] = &[
+    "wasi:cli/environment",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/stdout",
+    "wasi:cli/stderr",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:clocks/monotonic-clock",
+    "wasi:clocks/wall-clock",
+    "wasi:filesystem/preopens",
+    "wasi:filesystem/types",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:random/insecure",
+    "wasi:random/insecure-seed",
+    "wasi:random/random",
+];
+
+/// The WASI 0.2 interface an import name (`wasi:cli/stdout@0.2.6`) is, if
+/// the guest serves it: any 0.2 version (0.2.0 and later are compatible).
+pub fn wasi_p2_interface(import: &str) -> Option<&'static str> {
+    let (interface, version) = import.split_once('@')?;
+    let minor = version.strip_prefix("0.2.")?;
+    let is_patch = !minor.is_empty() && minor.bytes().all(|b| b.is_ascii_digit());
+    if !is_patch {
+        return None;
+    }
+    WASI_P2_INTERFACES
+        .iter()
+        .copied()
+        .find(|known| *known == interface)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn wasi_p2_interfaces_by_version() {
+        assert_eq!(
+            wasi_p2_interface("wasi:cli/stdout@0.2.6"),
+            Some("wasi:cli/stdout")
+        );
+        assert_eq!(
+            wasi_p2_interface("wasi:io/streams@0.2.0"),
+            Some("wasi:io/streams")
+        );
+        for not in [
+            "wasi:cli/stdout",
+            "wasi:cli/stdout@0.3.0",
+            "wasi:cli/stdout@0.2.",
+            "wasi:cli/stdout@0.2.1-rc",
+            "wasi:http/types@0.2.0",
+            "my:app/api@0.2.0",
+        ] {
+            assert_eq!(wasi_p2_interface(not), None, "{not}");
+        }
+    }
 
     fn sample() -> Vec<Val> {
         vec![

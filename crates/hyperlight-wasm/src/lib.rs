@@ -111,8 +111,8 @@ pub use compile::artifact::{ExportedFunction, Import, ImportKind, WasmType};
 pub use compile::inspect::{ArtifactInfo, Inspection, ModuleKind, inspect};
 pub use compile::{
     ArtifactKey, DEFAULT_DISK_CACHE_BYTES, DEFAULT_MAX_MODULE_SIZE, compile_module,
-    compile_module_authenticated, set_compile_threads, set_max_module_size, set_module_cache_dir,
-    set_module_cache_max_bytes,
+    compile_module_authenticated, is_component, set_compile_threads, set_max_module_size,
+    set_module_cache_dir, set_module_cache_max_bytes,
 };
 pub use component::LoadedComponentSandbox;
 pub use error::{CancelReason, Error, FaultCause, GuestException, ProtocolError, Result, TrapKind};

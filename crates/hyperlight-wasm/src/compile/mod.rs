@@ -556,6 +556,57 @@ pub(crate) fn parse_binary(bytes: &[u8], want: WasmKind) -> Result<Cow<'_, [u8]>
     Ok(binary)
 }
 
+/// Whether `bytes` are a WebAssembly component (binary, or text whose first
+/// form is `(component`) rather than a core module, so that a caller can
+/// pick [`crate::WasmSandbox::load_component_from_buffer`] or
+/// [`crate::WasmSandbox::load_module_from_buffer`]. Nothing is parsed past
+/// the header or the first form: the loader checks the rest.
+pub fn is_component(bytes: &[u8]) -> bool {
+    if let Some(version) = bytes.strip_prefix(b"\0asm") {
+        return matches!(version.get(..4), Some([_, _, 1, 0]));
+    }
+    let Ok(mut text) = std::str::from_utf8(bytes) else {
+        return false;
+    };
+    loop {
+        text = text.trim_start();
+        if let Some(rest) = text.strip_prefix(";;") {
+            text = rest.split_once('\n').map_or("", |(_, after)| after);
+        } else if let Some(rest) = text.strip_prefix("(;") {
+            // Block comments nest.
+            let mut depth = 1usize;
+            let mut chars = rest.char_indices();
+            let mut end = rest.len();
+            while let Some((i, c)) = chars.next() {
+                let next = rest[i + c.len_utf8()..].chars().next();
+                match (c, next) {
+                    ('(', Some(';')) => {
+                        depth += 1;
+                        chars.next();
+                    }
+                    (';', Some(')')) => {
+                        depth -= 1;
+                        chars.next();
+                        if depth == 0 {
+                            end = i + 2;
+                            break;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            text = &rest[end..];
+        } else {
+            break;
+        }
+    }
+    text.strip_prefix("(component").is_some_and(|rest| {
+        rest.chars()
+            .next()
+            .is_none_or(|c| c.is_whitespace() || c == ')' || c == '$' || c == ';')
+    })
+}
+
 /// Rejects bytes that are neither a binary of kind `want` nor text, with a
 /// message that says what they look like (and, for the other kind, which
 /// loader takes it).
@@ -606,6 +657,22 @@ fn check_looks_like_wasm(bytes: &[u8], want: WasmKind) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::artifact::WasmType;
+
+    #[test]
+    fn components_are_told_from_modules_by_header_or_first_form() {
+        assert!(is_component(b"\0asm\x0d\x00\x01\x00"));
+        assert!(!is_component(b"\0asm\x01\x00\x00\x00"));
+        assert!(!is_component(b"\0asm"));
+        assert!(is_component(b"(component)"));
+        assert!(is_component(
+            b"  ;; a comment\n(; block (; nested ;) ;)\n(component $c\n)"
+        ));
+        assert!(!is_component(b"(module)"));
+        assert!(!is_component(b"(componentx)"));
+        assert!(!is_component(b"(; (component) ;) (module)"));
+        assert!(!is_component(b"(; never closed (component)"));
+        assert!(!is_component(&[0xff, 0xfe]));
+    }
     use super::*;
 
     #[test]

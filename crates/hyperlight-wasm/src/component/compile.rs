@@ -11,6 +11,7 @@
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
 
+use hyperlight_wasm_protocol::component::{WASI_P2_INTERFACES, wasi_p2_interface};
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::{Engine, OptLevel};
@@ -114,6 +115,17 @@ fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
                 name: name.to_owned(),
                 ty: reader.func(&func).map_err(too_big)?,
             }),
+            // WASI 0.2, which the guest serves itself.
+            ComponentItem::ComponentInstance(_) if wasi_p2_interface(name).is_some() => {}
+            ComponentItem::ComponentInstance(_) if name.starts_with("wasi:") => {
+                return Err(Error::UnknownImport {
+                    message: format!(
+                        "the component imports `{name}`, a WASI interface this sandbox does \
+                         not provide (it serves WASI 0.2: {})",
+                        WASI_P2_INTERFACES.join(", ")
+                    ),
+                });
+            }
             ComponentItem::ComponentInstance(instance) => {
                 for (function, item) in instance.exports(types_engine) {
                     match item.ty {

@@ -80,6 +80,45 @@ impl LoadedComponentSandbox {
         })
     }
 
+    /// Runs a WASI 0.2 command (a `wasm32-wasip2` program's `main`): calls
+    /// its `wasi:cli/run` export and returns the exit code, 0 when `run`
+    /// returns `ok`, 1 when it returns `err`, and the code the component
+    /// passed to `wasi:cli/exit` when it exited (`std::process::exit`).
+    ///
+    /// The command sees what the sandbox's [`crate::WasiConfig`] grants,
+    /// as a WASI preview 1 module does: arguments, environment, stdin,
+    /// preopened directories; stdout and stderr go to the host output
+    /// function.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::GuestFunctionNotFound`] when the component exports no
+    /// `wasi:cli/run@0.2.*#run`, and those of
+    /// [`LoadedComponentSandbox::call`] (a trap is [`Error::GuestTrap`]).
+    pub fn run(&mut self) -> Result<i32> {
+        let name = self
+            .exports()
+            .iter()
+            .map(|f| f.name.as_str())
+            .find(|name| is_cli_run(name))
+            .map(str::to_owned)
+            .ok_or_else(|| Error::GuestFunctionNotFound {
+                function: String::from("wasi:cli/run@0.2.*#run (the component is not a command)"),
+            })?;
+        match self.call(&name, &[]) {
+            Ok(results) => match results.as_slice() {
+                [Val::Result(Ok(_))] => Ok(0),
+                [Val::Result(Err(_))] => Ok(1),
+                _ => Err(Error::GuestFunctionReturnTypeMismatch {
+                    function: name,
+                    message: String::from("`run` must return `result`"),
+                }),
+            },
+            Err(Error::GuestExited { code }) => Ok(code),
+            Err(e) => Err(e),
+        }
+    }
+
     /// The component's exported functions with their WIT types, sorted by
     /// name, as the host read them when it compiled the component.
     pub fn exports(&self) -> &[ComponentFunction] {
@@ -133,4 +172,14 @@ impl LoadedComponentSandbox {
         self.guest.unload_module()?;
         Ok(WasmSandbox::new(self.guest))
     }
+}
+
+/// Whether `name` is WASI 0.2's `wasi:cli/run@0.2.N#run`.
+fn is_cli_run(name: &str) -> bool {
+    name.split_once('#').is_some_and(|(interface, function)| {
+        function == "run"
+            && interface
+                .strip_prefix("wasi:cli/run@0.2.")
+                .is_some_and(|patch| !patch.is_empty() && patch.bytes().all(|b| b.is_ascii_digit()))
+    })
 }

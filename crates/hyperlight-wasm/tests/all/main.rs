@@ -18,3 +18,4 @@ mod samples;
 mod strings;
 mod values;
 mod wasi;
+mod wasip2;

@@ -1,0 +1,1395 @@
+//! WASI 0.2 for components, served here in the guest on the same out-calls
+//! as WASI preview 1 (stdio through the print function, clocks, random,
+//! arguments and environment, stdin, and files on the host's descriptors),
+//! so the host enforces one `WasiConfig` for both.
+//!
+//! Resources (streams, pollables, descriptors, errors, directory listings)
+//! live in a [`Table`] in the store, bounded by [`MAX_HANDLES`]; dropping a
+//! handle frees its entry (and closes a descriptor the component opened).
+//! The functions are defined with wasmtime's dynamic API for exactly the
+//! names the component imports ([`define`]); a function of a served
+//! interface that is not implemented here traps with its name when called.
+
+use alloc::borrow::ToOwned;
+use alloc::boxed::Box;
+use alloc::collections::VecDeque;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec;
+use alloc::vec::Vec;
+
+use hyperlight_wasm_protocol::component::wasi_p2_interface;
+use hyperlight_wasm_protocol::message::{
+    Dirent, ErrorCode, Filestat, FsCall, FsReply, OutCall, OutCallReply,
+};
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, Linker, ResourceDynamic, ResourceType, Val};
+use wasmtime::{Engine, StoreContextMut};
+
+use crate::abi::Fault;
+use crate::fs;
+use crate::host;
+use crate::imports::{Exit, ask_host, print};
+use crate::runtime::Limits;
+
+/// The most resources a component may hold at once.
+pub const MAX_HANDLES: usize = 4096;
+
+/// How many bytes of directory entries one listing asks the host for.
+const DIRENT_BATCH: u32 = 4096;
+
+// WASI preview 1 errnos the host answers with, as WASI 0.2 names them.
+const ERRNO_NAMES: &[(u16, &str)] = &[
+    (2, "access"),
+    (6, "would-block"),
+    (7, "already"),
+    (8, "bad-descriptor"),
+    (10, "busy"),
+    (16, "deadlock"),
+    (19, "quota"),
+    (20, "exist"),
+    (22, "file-too-large"),
+    (25, "illegal-byte-sequence"),
+    (26, "in-progress"),
+    (27, "interrupted"),
+    (28, "invalid"),
+    (29, "io"),
+    (31, "is-directory"),
+    (32, "loop"),
+    (33, "too-many-links"),
+    (35, "message-size"),
+    (37, "name-too-long"),
+    (43, "no-device"),
+    (44, "no-entry"),
+    (46, "no-lock"),
+    (48, "insufficient-memory"),
+    (51, "insufficient-space"),
+    (54, "not-directory"),
+    (55, "not-empty"),
+    (56, "not-recoverable"),
+    (58, "unsupported"),
+    (59, "no-tty"),
+    (60, "no-such-device"),
+    (61, "overflow"),
+    (63, "not-permitted"),
+    (64, "pipe"),
+    (69, "read-only"),
+    (70, "invalid-seek"),
+    (74, "text-file-busy"),
+    (75, "cross-device"),
+    // ENOTCAPABLE: what a read-only directory answers to a write.
+    (76, "not-permitted"),
+];
+
+/// WASI preview 1 rights asked for when a descriptor is opened: reading
+/// (and everything that changes nothing), and `fd_write` on top for
+/// writing.
+const RIGHTS_READ: u64 =
+    (1 << 1) | (1 << 2) | (1 << 5) | (1 << 13) | (1 << 14) | (1 << 15) | (1 << 18) | (1 << 21);
+const RIGHT_WRITE: u64 = 1 << 6;
+/// `path_create_directory`: a directory the component may change.
+const RIGHT_MUTATE_DIRECTORY: u64 = 1 << 9;
+
+/// The resource types, one host type each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+enum Kind {
+    Pollable = 1,
+    InputStream,
+    OutputStream,
+    Error,
+    Descriptor,
+    DirectoryEntryStream,
+    TerminalInput,
+    TerminalOutput,
+}
+
+impl Kind {
+    /// The resource named `name` (resources an interface `use`s appear
+    /// in it too, under the same name).
+    fn of(name: &str) -> Option<Kind> {
+        Some(match name {
+            "pollable" => Kind::Pollable,
+            "input-stream" => Kind::InputStream,
+            "output-stream" => Kind::OutputStream,
+            "error" => Kind::Error,
+            "descriptor" => Kind::Descriptor,
+            "directory-entry-stream" => Kind::DirectoryEntryStream,
+            "terminal-input" => Kind::TerminalInput,
+            "terminal-output" => Kind::TerminalOutput,
+            _ => return None,
+        })
+    }
+}
+
+/// What a handle stands for.
+#[derive(Debug)]
+enum Entry {
+    /// Ready when the monotonic clock reaches `deadline` (now: always).
+    Pollable {
+        deadline: Option<u64>,
+    },
+    Input(Input),
+    Output(Output),
+    /// A failed stream operation: what it was, and its errno if a
+    /// file-system call failed.
+    Error {
+        message: String,
+        errno: Option<u16>,
+    },
+    /// A host descriptor; preopened ones stay open when dropped.
+    Descriptor {
+        fd: u32,
+        preopen: bool,
+    },
+    Entries(Entries),
+}
+
+impl Entry {
+    fn kind(&self) -> Kind {
+        match self {
+            Entry::Pollable { .. } => Kind::Pollable,
+            Entry::Input(_) => Kind::InputStream,
+            Entry::Output(_) => Kind::OutputStream,
+            Entry::Error { .. } => Kind::Error,
+            Entry::Descriptor { .. } => Kind::Descriptor,
+            Entry::Entries(_) => Kind::DirectoryEntryStream,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Input {
+    Stdin,
+    File { fd: u32, offset: u64 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Output {
+    Stdout,
+    Stderr,
+    /// At `offset`, or at the end of the file (`None`: appending).
+    File {
+        fd: u32,
+        offset: Option<u64>,
+    },
+}
+
+#[derive(Debug)]
+struct Entries {
+    fd: u32,
+    cookie: u64,
+    pending: VecDeque<Dirent>,
+    done: bool,
+}
+
+/// The component's resources, by handle representation.
+#[derive(Debug, Default)]
+pub struct Table {
+    entries: Vec<Option<Entry>>,
+    free: Vec<u32>,
+}
+
+impl Table {
+    fn insert(&mut self, entry: Entry) -> wasmtime::Result<u32> {
+        if let Some(rep) = self.free.pop()
+            && let Some(slot) = self.entries.get_mut(rep as usize)
+        {
+            *slot = Some(entry);
+            return Ok(rep);
+        }
+        if self.entries.len() >= MAX_HANDLES {
+            return Err(fault(format_args!(
+                "the component holds {MAX_HANDLES} WASI resources, the most a sandbox allows"
+            )));
+        }
+        let rep = u32::try_from(self.entries.len()).unwrap_or(u32::MAX);
+        self.entries.push(Some(entry));
+        Ok(rep)
+    }
+
+    fn get(&mut self, rep: u32, kind: Kind) -> wasmtime::Result<&mut Entry> {
+        match self.entries.get_mut(rep as usize) {
+            Some(Some(entry)) if entry.kind() == kind => Ok(entry),
+            _ => Err(fault(format_args!("no WASI {kind:?} with handle {rep}"))),
+        }
+    }
+
+    fn remove(&mut self, rep: u32) -> Option<Entry> {
+        let entry = self.entries.get_mut(rep as usize)?.take()?;
+        self.free.push(rep);
+        Some(entry)
+    }
+}
+
+type Cx<'a> = StoreContextMut<'a, Limits>;
+
+/// A WASI function: the store, the parameters, the result slots.
+type Impl = fn(&mut Cx<'_>, &[Val], &mut [Val]) -> wasmtime::Result<()>;
+
+/// The component broke WASI's rules (a handle too many, a function it
+/// imported with the wrong type, one that is not provided): a trap.
+fn fault(message: core::fmt::Arguments<'_>) -> wasmtime::Error {
+    Fault::new(ErrorCode::TrapOther, message).into()
+}
+
+/// Defines, in `linker`, every WASI 0.2 interface `component` imports that
+/// the guest serves (the host checked that nothing else is left).
+pub fn define(
+    linker: &mut Linker<Limits>,
+    engine: &Engine,
+    component: &Component,
+) -> wasmtime::Result<()> {
+    let ty = component.component_type();
+    for (name, item) in ty.imports(engine) {
+        let Some(interface) = wasi_p2_interface(name) else {
+            continue;
+        };
+        let ComponentItem::ComponentInstance(instance) = item.ty else {
+            continue;
+        };
+        let mut defined = linker.instance(name)?;
+        for (export, item) in instance.exports(engine) {
+            match item.ty {
+                ComponentItem::Resource(_) => {
+                    let kind = Kind::of(export).ok_or_else(|| {
+                        fault(format_args!(
+                            "`{name}` has a resource `{export}` that WASI 0.2 does not define"
+                        ))
+                    })?;
+                    defined.resource(
+                        export,
+                        ResourceType::host_dynamic(kind as u32),
+                        |mut store: Cx<'_>, rep| drop_handle(&mut store, rep),
+                    )?;
+                }
+                ComponentItem::ComponentFunc(_) => {
+                    let function = lookup(interface, export);
+                    let full = format!("{name}#{export}");
+                    defined.func_new(
+                        export,
+                        move |mut store, _, params, results| match function {
+                            Some(function) => function(&mut store, params, results),
+                            None => Err(fault(format_args!(
+                                "the component called `{full}`, a WASI 0.2 function \
+                                 hyperlight-wasm does not provide"
+                            ))),
+                        },
+                    )?;
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn drop_handle(store: &mut Cx<'_>, rep: u32) -> wasmtime::Result<()> {
+    if let Some(Entry::Descriptor { fd, preopen: false }) = store.data_mut().wasi.remove(rep) {
+        // A failed close leaves nothing for the component to do.
+        let _ = fs::host(FsCall::Close { fd })?;
+    }
+    Ok(())
+}
+
+/// The implementation of `interface#name`, if there is one.
+fn lookup(interface: &str, name: &str) -> Option<Impl> {
+    Some(match (interface, name) {
+        ("wasi:cli/environment", "get-environment") => get_environment,
+        ("wasi:cli/environment", "get-arguments") => get_arguments,
+        ("wasi:cli/environment", "initial-cwd") => initial_cwd,
+        ("wasi:cli/exit", "exit") => exit,
+        ("wasi:cli/exit", "exit-with-code") => exit_with_code,
+        ("wasi:cli/stdin", "get-stdin") => get_stdin,
+        ("wasi:cli/stdout", "get-stdout") => get_stdout,
+        ("wasi:cli/stderr", "get-stderr") => get_stderr,
+        (
+            "wasi:cli/terminal-stdin" | "wasi:cli/terminal-stdout" | "wasi:cli/terminal-stderr",
+            _,
+        ) => no_terminal,
+        ("wasi:clocks/monotonic-clock", "now") => monotonic_now,
+        ("wasi:clocks/monotonic-clock", "resolution") => monotonic_resolution,
+        ("wasi:clocks/monotonic-clock", "subscribe-instant") => subscribe_instant,
+        ("wasi:clocks/monotonic-clock", "subscribe-duration") => subscribe_duration,
+        ("wasi:clocks/wall-clock", "now") => wall_now,
+        ("wasi:clocks/wall-clock", "resolution") => wall_resolution,
+        ("wasi:random/random", "get-random-bytes")
+        | ("wasi:random/insecure", "get-insecure-random-bytes") => random_bytes,
+        ("wasi:random/random", "get-random-u64")
+        | ("wasi:random/insecure", "get-insecure-random-u64") => random_u64,
+        ("wasi:random/insecure-seed", "insecure-seed") => insecure_seed,
+        ("wasi:io/error", "[method]error.to-debug-string") => error_to_debug_string,
+        ("wasi:io/poll", "[method]pollable.ready") => pollable_ready,
+        ("wasi:io/poll", "[method]pollable.block") => pollable_block,
+        ("wasi:io/poll", "poll") => poll,
+        ("wasi:io/streams", "[method]input-stream.read")
+        | ("wasi:io/streams", "[method]input-stream.blocking-read") => input_read,
+        ("wasi:io/streams", "[method]input-stream.skip")
+        | ("wasi:io/streams", "[method]input-stream.blocking-skip") => input_skip,
+        ("wasi:io/streams", "[method]input-stream.subscribe")
+        | ("wasi:io/streams", "[method]output-stream.subscribe") => subscribe_ready,
+        ("wasi:io/streams", "[method]output-stream.check-write") => check_write,
+        ("wasi:io/streams", "[method]output-stream.write")
+        | ("wasi:io/streams", "[method]output-stream.blocking-write-and-flush") => output_write,
+        ("wasi:io/streams", "[method]output-stream.write-zeroes")
+        | ("wasi:io/streams", "[method]output-stream.blocking-write-zeroes-and-flush") => {
+            output_write_zeroes
+        }
+        ("wasi:io/streams", "[method]output-stream.flush")
+        | ("wasi:io/streams", "[method]output-stream.blocking-flush") => output_flush,
+        ("wasi:filesystem/preopens", "get-directories") => get_directories,
+        ("wasi:filesystem/types", "filesystem-error-code") => filesystem_error_code,
+        ("wasi:filesystem/types", "[method]descriptor.read-via-stream") => read_via_stream,
+        ("wasi:filesystem/types", "[method]descriptor.write-via-stream") => write_via_stream,
+        ("wasi:filesystem/types", "[method]descriptor.append-via-stream") => append_via_stream,
+        ("wasi:filesystem/types", "[method]descriptor.get-flags") => get_flags,
+        ("wasi:filesystem/types", "[method]descriptor.get-type") => get_type,
+        ("wasi:filesystem/types", "[method]descriptor.set-size") => set_size,
+        ("wasi:filesystem/types", "[method]descriptor.read") => descriptor_read,
+        ("wasi:filesystem/types", "[method]descriptor.write") => descriptor_write,
+        ("wasi:filesystem/types", "[method]descriptor.read-directory") => read_directory,
+        ("wasi:filesystem/types", "[method]descriptor.sync")
+        | ("wasi:filesystem/types", "[method]descriptor.sync-data") => sync,
+        ("wasi:filesystem/types", "[method]descriptor.advise") => advise,
+        ("wasi:filesystem/types", "[method]descriptor.create-directory-at") => create_directory_at,
+        ("wasi:filesystem/types", "[method]descriptor.stat") => stat,
+        ("wasi:filesystem/types", "[method]descriptor.stat-at") => stat_at,
+        ("wasi:filesystem/types", "[method]descriptor.open-at") => open_at,
+        ("wasi:filesystem/types", "[method]descriptor.readlink-at") => readlink_at,
+        ("wasi:filesystem/types", "[method]descriptor.remove-directory-at") => remove_directory_at,
+        ("wasi:filesystem/types", "[method]descriptor.unlink-file-at") => unlink_file_at,
+        ("wasi:filesystem/types", "[method]descriptor.rename-at") => rename_at,
+        ("wasi:filesystem/types", "[method]descriptor.symlink-at") => symlink_at,
+        ("wasi:filesystem/types", "[method]descriptor.is-same-object") => is_same_object,
+        ("wasi:filesystem/types", "[method]descriptor.metadata-hash") => metadata_hash,
+        ("wasi:filesystem/types", "[method]descriptor.metadata-hash-at") => metadata_hash_at,
+        ("wasi:filesystem/types", "[method]directory-entry-stream.read-directory-entry") => {
+            read_directory_entry
+        }
+        _ => return None,
+    })
+}
+
+// ---- values ----
+
+fn set(results: &mut [Val], val: Val) -> wasmtime::Result<()> {
+    let slot = results.first_mut().ok_or_else(|| {
+        fault(format_args!(
+            "a WASI 0.2 function imported without its result"
+        ))
+    })?;
+    *slot = val;
+    Ok(())
+}
+
+fn param(params: &[Val], i: usize) -> wasmtime::Result<&Val> {
+    params.get(i).ok_or_else(|| {
+        fault(format_args!(
+            "a WASI 0.2 function imported without parameter {i}"
+        ))
+    })
+}
+
+fn wrong_param(i: usize) -> wasmtime::Error {
+    fault(format_args!(
+        "parameter {i} of a WASI 0.2 function is not of its WASI type"
+    ))
+}
+
+fn u64_param(params: &[Val], i: usize) -> wasmtime::Result<u64> {
+    match param(params, i)? {
+        Val::U64(v) => Ok(*v),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+fn str_param(params: &[Val], i: usize) -> wasmtime::Result<&str> {
+    match param(params, i)? {
+        Val::String(s) => Ok(s),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+fn flags_param(params: &[Val], i: usize) -> wasmtime::Result<&[String]> {
+    match param(params, i)? {
+        Val::Flags(names) => Ok(names),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+fn bytes_param(params: &[Val], i: usize) -> wasmtime::Result<Vec<u8>> {
+    match param(params, i)? {
+        Val::List(items) => items
+            .iter()
+            .map(|v| match v {
+                Val::U8(b) => Ok(*b),
+                _ => Err(wrong_param(i)),
+            })
+            .collect(),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+/// The representation of the handle in parameter `i`, of the kind
+/// expected. Every function lifts each handle it is given this way, which
+/// also ends a borrow (wasmtime requires that of borrows by the end of the
+/// call).
+fn rep_param(cx: &mut Cx<'_>, params: &[Val], i: usize, kind: Kind) -> wasmtime::Result<u32> {
+    let Val::Resource(any) = param(params, i)? else {
+        return Err(wrong_param(i));
+    };
+    let resource = ResourceDynamic::try_from_resource_any(*any, &mut *cx)?;
+    if resource.ty() != kind as u32 {
+        return Err(wrong_param(i));
+    }
+    Ok(resource.rep())
+}
+
+fn entry<'a>(cx: &'a mut Cx<'_>, params: &[Val], kind: Kind) -> wasmtime::Result<&'a mut Entry> {
+    let rep = rep_param(cx, params, 0, kind)?;
+    cx.data_mut().wasi.get(rep, kind)
+}
+
+/// A new handle the component owns.
+fn own(cx: &mut Cx<'_>, entry: Entry) -> wasmtime::Result<Val> {
+    let kind = entry.kind();
+    let rep = cx.data_mut().wasi.insert(entry)?;
+    let any = ResourceDynamic::new_own(rep, kind as u32).try_into_resource_any(&mut *cx)?;
+    Ok(Val::Resource(any))
+}
+
+fn ok(val: Option<Val>) -> Val {
+    Val::Result(Ok(val.map(Box::new)))
+}
+
+fn err(val: Val) -> Val {
+    Val::Result(Err(Some(Box::new(val))))
+}
+
+fn bytes(bytes: Vec<u8>) -> Val {
+    Val::List(bytes.into_iter().map(Val::U8).collect())
+}
+
+fn datetime(ns: u64) -> Val {
+    Val::Record(vec![
+        (String::from("seconds"), Val::U64(ns / 1_000_000_000)),
+        (
+            String::from("nanoseconds"),
+            // Below 10^9: fits.
+            Val::U32(u32::try_from(ns % 1_000_000_000).unwrap_or(0)),
+        ),
+    ])
+}
+
+fn error_code(errno: u16) -> Val {
+    let name = ERRNO_NAMES
+        .iter()
+        .find(|(n, _)| *n == errno)
+        .map_or("io", |(_, name)| name);
+    Val::Enum(String::from(name))
+}
+
+/// A file-system call answered with `reply`, its errno as an `error-code`.
+fn fs_call(call: FsCall) -> wasmtime::Result<Result<FsReply, Val>> {
+    Ok(fs::host(call)?.map_err(errno_code))
+}
+
+fn errno_code(errno: i32) -> Val {
+    error_code(u16::try_from(errno).unwrap_or(29))
+}
+
+/// A `stream-error` for a failed operation: an `error` resource.
+fn stream_failed(cx: &mut Cx<'_>, message: String, errno: Option<u16>) -> wasmtime::Result<Val> {
+    let error = own(cx, Entry::Error { message, errno })?;
+    Ok(Val::Variant(
+        String::from("last-operation-failed"),
+        Some(Box::new(error)),
+    ))
+}
+
+fn closed() -> Val {
+    Val::Variant(String::from("closed"), None)
+}
+
+// ---- wasi:cli ----
+
+fn strings(call: &OutCall) -> wasmtime::Result<Vec<String>> {
+    match ask_host(call)? {
+        OutCallReply::Strings(strings) => Ok(strings),
+        other => Err(Fault::new(
+            ErrorCode::BadRequest,
+            format_args!("answer {other:?} to {call:?}"),
+        )
+        .into()),
+    }
+}
+
+fn get_environment(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let vars = strings(&OutCall::Environ)?
+        .into_iter()
+        .map(|var| {
+            let (key, value) = var.split_once('=').unwrap_or((&var, ""));
+            Val::Tuple(vec![
+                Val::String(key.to_owned()),
+                Val::String(value.to_owned()),
+            ])
+        })
+        .collect();
+    set(results, Val::List(vars))
+}
+
+fn get_arguments(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let args = strings(&OutCall::Args)?
+        .into_iter()
+        .map(Val::String)
+        .collect();
+    set(results, Val::List(args))
+}
+
+fn initial_cwd(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::Option(None))
+}
+
+fn exit(_: &mut Cx<'_>, params: &[Val], _: &mut [Val]) -> wasmtime::Result<()> {
+    let code = match param(params, 0)? {
+        Val::Result(Ok(_)) => 0,
+        Val::Result(Err(_)) => 1,
+        _ => return Err(wrong_param(0)),
+    };
+    Err(wasmtime::Error::new(Exit(code)))
+}
+
+fn exit_with_code(_: &mut Cx<'_>, params: &[Val], _: &mut [Val]) -> wasmtime::Result<()> {
+    match param(params, 0)? {
+        Val::U8(code) => Err(wasmtime::Error::new(Exit(i32::from(*code)))),
+        _ => Err(wrong_param(0)),
+    }
+}
+
+fn get_stdin(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let stream = own(cx, Entry::Input(Input::Stdin))?;
+    set(results, stream)
+}
+
+fn get_stdout(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let stream = own(cx, Entry::Output(Output::Stdout))?;
+    set(results, stream)
+}
+
+fn get_stderr(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let stream = own(cx, Entry::Output(Output::Stderr))?;
+    set(results, stream)
+}
+
+/// Stdio is never a terminal in a sandbox.
+fn no_terminal(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::Option(None))
+}
+
+// ---- wasi:clocks and wasi:random ----
+
+fn clock(realtime: bool) -> wasmtime::Result<u64> {
+    match ask_host(&OutCall::Clock { realtime })? {
+        OutCallReply::Time(ns) => Ok(ns),
+        other => Err(Fault::new(
+            ErrorCode::BadRequest,
+            format_args!("clock answer {other:?}"),
+        )
+        .into()),
+    }
+}
+
+fn monotonic_now(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::U64(clock(false)?))
+}
+
+fn monotonic_resolution(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::U64(1000))
+}
+
+fn subscribe_instant(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let when = u64_param(params, 0)?;
+    let pollable = own(
+        cx,
+        Entry::Pollable {
+            deadline: Some(when),
+        },
+    )?;
+    set(results, pollable)
+}
+
+fn subscribe_duration(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let when = clock(false)?.saturating_add(u64_param(params, 0)?);
+    let pollable = own(
+        cx,
+        Entry::Pollable {
+            deadline: Some(when),
+        },
+    )?;
+    set(results, pollable)
+}
+
+fn wall_now(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, datetime(clock(true)?))
+}
+
+fn wall_resolution(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, datetime(1000))
+}
+
+/// `len` random bytes from the host, in pieces that fit a message; no
+/// more than the component's memory could hold.
+fn random(cx: &Cx<'_>, len: u64) -> wasmtime::Result<Vec<u8>> {
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= cx.data().max_memory())
+        .ok_or_else(|| {
+            fault(format_args!(
+                "the component asked for {len} random bytes, more than its memory limit"
+            ))
+        })?;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let chunk = (len - out.len()).min(host::transfer_limit());
+        let chunk = u32::try_from(chunk).unwrap_or(u32::MAX);
+        match ask_host(&OutCall::Random { len: chunk })? {
+            OutCallReply::Random(bytes) if bytes.len() == chunk as usize => {
+                out.extend_from_slice(&bytes);
+            }
+            other => {
+                return Err(Fault::new(
+                    ErrorCode::BadRequest,
+                    format_args!("random answer {other:?}"),
+                )
+                .into());
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn random_u64_value(cx: &Cx<'_>) -> wasmtime::Result<u64> {
+    let raw = random(cx, 8)?;
+    let mut word = [0u8; 8];
+    word.copy_from_slice(&raw);
+    Ok(u64::from_le_bytes(word))
+}
+
+fn random_bytes(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let raw = random(cx, u64_param(params, 0)?)?;
+    set(results, bytes(raw))
+}
+
+fn random_u64(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::U64(random_u64_value(cx)?))
+}
+
+fn insecure_seed(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let seed = Val::Tuple(vec![
+        Val::U64(random_u64_value(cx)?),
+        Val::U64(random_u64_value(cx)?),
+    ]);
+    set(results, seed)
+}
+
+// ---- wasi:io ----
+
+fn error_to_debug_string(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let Entry::Error { message, .. } = entry(cx, params, Kind::Error)? else {
+        return Err(wrong_param(0));
+    };
+    let message = message.clone();
+    set(results, Val::String(message))
+}
+
+fn deadline(cx: &mut Cx<'_>, params: &[Val], i: usize) -> wasmtime::Result<Option<u64>> {
+    let rep = rep_param(cx, params, i, Kind::Pollable)?;
+    match cx.data_mut().wasi.get(rep, Kind::Pollable)? {
+        Entry::Pollable { deadline } => Ok(*deadline),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+fn sleep_until(deadline: u64) -> wasmtime::Result<()> {
+    let now = clock(false)?;
+    if deadline <= now {
+        return Ok(());
+    }
+    match ask_host(&OutCall::Sleep { ns: deadline - now })? {
+        OutCallReply::Done => Ok(()),
+        other => Err(Fault::new(
+            ErrorCode::BadRequest,
+            format_args!("sleep answer {other:?}"),
+        )
+        .into()),
+    }
+}
+
+fn pollable_ready(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let ready = match deadline(cx, params, 0)? {
+        None => true,
+        Some(at) => at <= clock(false)?,
+    };
+    set(results, Val::Bool(ready))
+}
+
+fn pollable_block(cx: &mut Cx<'_>, params: &[Val], _: &mut [Val]) -> wasmtime::Result<()> {
+    if let Some(at) = deadline(cx, params, 0)? {
+        sleep_until(at)?;
+    }
+    Ok(())
+}
+
+/// `poll`: the indexes of the pollables that are ready, after sleeping
+/// until the first one is when none is.
+fn poll(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let Val::List(list) = param(params, 0)? else {
+        return Err(wrong_param(0));
+    };
+    if list.is_empty() {
+        return Err(fault(format_args!("`poll` of an empty list")));
+    }
+    let mut deadlines = Vec::with_capacity(list.len());
+    for handle in list {
+        deadlines.push(deadline(cx, core::slice::from_ref(handle), 0)?);
+    }
+    let now = clock(false)?;
+    let ready_at = |d: &Option<u64>, now: u64| d.is_none_or(|at| at <= now);
+    let now = if deadlines.iter().any(|d| ready_at(d, now)) {
+        now
+    } else {
+        let first = deadlines.iter().flatten().copied().min().unwrap_or(now);
+        sleep_until(first)?;
+        first.max(now)
+    };
+    let ready = deadlines
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| ready_at(d, now))
+        .map(|(i, _)| Val::U32(u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    set(results, Val::List(ready))
+}
+
+/// A pollable that is always ready: streams never block here.
+fn subscribe_ready(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    // Lifting the stream's handle also ends its borrow, which wasmtime
+    // requires of every borrow by the end of the call.
+    let Val::Resource(stream) = param(params, 0)? else {
+        return Err(wrong_param(0));
+    };
+    ResourceDynamic::try_from_resource_any(*stream, &mut *cx)?;
+    let pollable = own(cx, Entry::Pollable { deadline: None })?;
+    set(results, pollable)
+}
+
+fn input_of(cx: &mut Cx<'_>, params: &[Val]) -> wasmtime::Result<(u32, Input)> {
+    let rep = rep_param(cx, params, 0, Kind::InputStream)?;
+    match cx.data_mut().wasi.get(rep, Kind::InputStream)? {
+        Entry::Input(input) => Ok((rep, *input)),
+        _ => Err(wrong_param(0)),
+    }
+}
+
+/// Reads up to `len` bytes; a `stream-error` (`closed` at the end).
+fn read_input(cx: &mut Cx<'_>, params: &[Val], len: u64) -> wasmtime::Result<Result<Vec<u8>, Val>> {
+    let (rep, input) = input_of(cx, params)?;
+    let max = u32::try_from(len.min(host::transfer_limit() as u64)).unwrap_or(u32::MAX);
+    if max == 0 {
+        return Ok(Ok(Vec::new()));
+    }
+    let read = match input {
+        Input::Stdin => match ask_host(&OutCall::ReadStdin { max })? {
+            OutCallReply::Bytes(bytes) if bytes.len() <= max as usize => bytes,
+            other => {
+                return Err(Fault::new(
+                    ErrorCode::BadRequest,
+                    format_args!("stdin answer of the wrong size: {other:?}"),
+                )
+                .into());
+            }
+        },
+        Input::File { fd, offset } => match fs::host(FsCall::Read {
+            fd,
+            max,
+            offset: Some(offset),
+        })? {
+            Ok(FsReply::Bytes(bytes)) if bytes.len() <= max as usize => {
+                if let Entry::Input(Input::File { offset, .. }) =
+                    cx.data_mut().wasi.get(rep, Kind::InputStream)?
+                {
+                    *offset = offset.saturating_add(bytes.len() as u64);
+                }
+                bytes
+            }
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(errno) => {
+                let errno = u16::try_from(errno).ok();
+                return Ok(Err(stream_failed(
+                    cx,
+                    format!("reading the file failed (WASI errno {errno:?})"),
+                    errno,
+                )?));
+            }
+        },
+    };
+    if read.is_empty() {
+        return Ok(Err(closed()));
+    }
+    Ok(Ok(read))
+}
+
+fn input_read(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let len = u64_param(params, 1)?;
+    let result = match read_input(cx, params, len)? {
+        Ok(read) => ok(Some(bytes(read))),
+        Err(e) => err(e),
+    };
+    set(results, result)
+}
+
+fn input_skip(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let len = u64_param(params, 1)?;
+    let result = match read_input(cx, params, len)? {
+        Ok(read) => ok(Some(Val::U64(read.len() as u64))),
+        Err(e) => err(e),
+    };
+    set(results, result)
+}
+
+fn check_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    entry(cx, params, Kind::OutputStream)?;
+    set(results, ok(Some(Val::U64(host::transfer_limit() as u64))))
+}
+
+/// Writes `data` to the stream in parameter 0.
+fn write_output(cx: &mut Cx<'_>, params: &[Val], data: &[u8]) -> wasmtime::Result<Val> {
+    let rep = rep_param(cx, params, 0, Kind::OutputStream)?;
+    let Entry::Output(output) = *cx.data_mut().wasi.get(rep, Kind::OutputStream)? else {
+        return Err(wrong_param(0));
+    };
+    let (fd, mut offset) = match output {
+        Output::Stdout => {
+            print(data, false)?;
+            return Ok(ok(None));
+        }
+        Output::Stderr => {
+            print(data, true)?;
+            return Ok(ok(None));
+        }
+        Output::File { fd, offset } => (fd, offset),
+    };
+    for piece in data.chunks(host::transfer_limit().max(1)) {
+        let at = match offset {
+            Some(at) => at,
+            None => match fs::host(FsCall::FilestatGet { fd })? {
+                Ok(FsReply::Filestat(stat)) => stat.size,
+                Ok(other) => return Err(fs::wrong(&other)),
+                Err(errno) => return write_failed(cx, errno),
+            },
+        };
+        let written = match fs::host(FsCall::Write {
+            fd,
+            bytes: piece.to_vec(),
+            offset: Some(at),
+        })? {
+            Ok(FsReply::Count(n)) if n as usize <= piece.len() => n,
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(errno) => return write_failed(cx, errno),
+        };
+        if let Some(at) = offset.as_mut() {
+            *at = at.saturating_add(u64::from(written));
+        }
+        if (written as usize) < piece.len() {
+            return write_failed(cx, 29);
+        }
+    }
+    if let Entry::Output(Output::File { offset: stored, .. }) =
+        cx.data_mut().wasi.get(rep, Kind::OutputStream)?
+    {
+        *stored = offset;
+    }
+    Ok(ok(None))
+}
+
+fn write_failed(cx: &mut Cx<'_>, errno: i32) -> wasmtime::Result<Val> {
+    let errno = u16::try_from(errno).ok();
+    let failed = stream_failed(
+        cx,
+        format!("writing the file failed (WASI errno {errno:?})"),
+        errno,
+    )?;
+    Ok(err(failed))
+}
+
+fn output_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let data = bytes_param(params, 1)?;
+    let result = write_output(cx, params, &data)?;
+    set(results, result)
+}
+
+fn output_write_zeroes(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let len = u64_param(params, 1)?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|len| *len <= host::transfer_limit())
+        .ok_or_else(|| {
+            fault(format_args!(
+                "write-zeroes of {len} bytes, more than check-write allows"
+            ))
+        })?;
+    let result = write_output(cx, params, &vec![0; len])?;
+    set(results, result)
+}
+
+fn output_flush(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    entry(cx, params, Kind::OutputStream)?;
+    set(results, ok(None))
+}
+
+// ---- wasi:filesystem ----
+
+fn descriptor(cx: &mut Cx<'_>, params: &[Val], i: usize) -> wasmtime::Result<u32> {
+    let rep = rep_param(cx, params, i, Kind::Descriptor)?;
+    match cx.data_mut().wasi.get(rep, Kind::Descriptor)? {
+        Entry::Descriptor { fd, .. } => Ok(*fd),
+        _ => Err(wrong_param(i)),
+    }
+}
+
+/// Sets `results[0]` to `ok(value)` or `err(error-code)`.
+fn answer(results: &mut [Val], value: Result<Option<Val>, Val>) -> wasmtime::Result<()> {
+    set(
+        results,
+        match value {
+            Ok(v) => ok(v),
+            Err(e) => err(e),
+        },
+    )
+}
+
+fn get_directories(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let mut dirs = Vec::new();
+    // The host numbers its preopened directories from 3 on, without gaps.
+    for fd in 3u32.. {
+        match fs::host(FsCall::PrestatGet { fd })? {
+            Ok(FsReply::Prestat { .. }) => {}
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(_) => break,
+        }
+        let name = match fs::host(FsCall::PrestatDirName { fd })? {
+            Ok(FsReply::Name(name)) => name,
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(_) => break,
+        };
+        let handle = own(cx, Entry::Descriptor { fd, preopen: true })?;
+        dirs.push(Val::Tuple(vec![handle, Val::String(name)]));
+    }
+    set(results, Val::List(dirs))
+}
+
+fn filesystem_error_code(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let Entry::Error { errno, .. } = entry(cx, params, Kind::Error)? else {
+        return Err(wrong_param(0));
+    };
+    let code = errno.map(|e| Box::new(error_code(e)));
+    set(results, Val::Option(code))
+}
+
+fn read_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let offset = u64_param(params, 1)?;
+    let stream = own(cx, Entry::Input(Input::File { fd, offset }))?;
+    answer(results, Ok(Some(stream)))
+}
+
+fn write_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let offset = u64_param(params, 1)?;
+    let stream = own(
+        cx,
+        Entry::Output(Output::File {
+            fd,
+            offset: Some(offset),
+        }),
+    )?;
+    answer(results, Ok(Some(stream)))
+}
+
+fn append_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let stream = own(cx, Entry::Output(Output::File { fd, offset: None }))?;
+    answer(results, Ok(Some(stream)))
+}
+
+/// `fd_fdstat_get`: the file type and rights.
+fn fdstat(fd: u32) -> wasmtime::Result<Result<(u8, u64), Val>> {
+    Ok(match fs_call(FsCall::FdstatGet { fd })? {
+        Ok(FsReply::Fdstat {
+            filetype,
+            rights_base,
+            ..
+        }) => Ok((filetype, rights_base)),
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    })
+}
+
+fn get_flags(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let flags = fdstat(fd)?.map(|(filetype, rights)| {
+        let mut flags = vec![String::from("read")];
+        if filetype == 3 {
+            if rights & RIGHT_MUTATE_DIRECTORY != 0 {
+                flags.push(String::from("mutate-directory"));
+            }
+        } else if rights & RIGHT_WRITE != 0 {
+            flags.push(String::from("write"));
+        }
+        Some(Val::Flags(flags))
+    });
+    answer(results, flags)
+}
+
+fn descriptor_type(filetype: u8) -> Val {
+    Val::Enum(String::from(match filetype {
+        1 => "block-device",
+        2 => "character-device",
+        3 => "directory",
+        4 => "regular-file",
+        5 | 6 => "socket",
+        7 => "symbolic-link",
+        _ => "unknown",
+    }))
+}
+
+fn get_type(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let ty = fdstat(fd)?.map(|(filetype, _)| Some(descriptor_type(filetype)));
+    answer(results, ty)
+}
+
+/// A call answered with [`FsReply::Done`].
+fn done(call: FsCall) -> wasmtime::Result<Result<Option<Val>, Val>> {
+    Ok(match fs_call(call)? {
+        Ok(FsReply::Done) => Ok(None),
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    })
+}
+
+fn set_size(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let size = u64_param(params, 1)?;
+    answer(results, done(FsCall::SetSize { fd, size })?)
+}
+
+fn descriptor_read(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let len = u64_param(params, 1)?;
+    let offset = u64_param(params, 2)?;
+    let max = u32::try_from(len.min(host::transfer_limit() as u64)).unwrap_or(u32::MAX);
+    let read = match fs_call(FsCall::Read {
+        fd,
+        max,
+        offset: Some(offset),
+    })? {
+        Ok(FsReply::Bytes(read)) if read.len() <= max as usize => {
+            let end = read.len() < max as usize;
+            Ok(Some(Val::Tuple(vec![bytes(read), Val::Bool(end)])))
+        }
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    };
+    answer(results, read)
+}
+
+fn descriptor_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let data = bytes_param(params, 1)?;
+    let offset = u64_param(params, 2)?;
+    let mut written = 0u64;
+    for piece in data.chunks(host::transfer_limit().max(1)) {
+        match fs_call(FsCall::Write {
+            fd,
+            bytes: piece.to_vec(),
+            offset: Some(offset.saturating_add(written)),
+        })? {
+            Ok(FsReply::Count(n)) if n as usize <= piece.len() => {
+                written += u64::from(n);
+                if (n as usize) < piece.len() {
+                    break;
+                }
+            }
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(e) if written == 0 => return answer(results, Err(e)),
+            Err(_) => break,
+        }
+    }
+    answer(results, Ok(Some(Val::U64(written))))
+}
+
+fn read_directory(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let result = match fdstat(fd)? {
+        Ok((3, _)) => Ok(Some(own(
+            cx,
+            Entry::Entries(Entries {
+                fd,
+                cookie: 0,
+                pending: VecDeque::new(),
+                done: false,
+            }),
+        )?)),
+        Ok(_) => Err(error_code(54)),
+        Err(e) => Err(e),
+    };
+    answer(results, result)
+}
+
+fn read_directory_entry(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let Entry::Entries(entries) = entry(cx, params, Kind::DirectoryEntryStream)? else {
+        return Err(wrong_param(0));
+    };
+    loop {
+        if let Some(dirent) = entries.pending.pop_front() {
+            if dirent.name == "." || dirent.name == ".." {
+                continue;
+            }
+            let found = Val::Record(vec![
+                (String::from("type"), descriptor_type(dirent.filetype)),
+                (String::from("name"), Val::String(dirent.name)),
+            ]);
+            return answer(results, Ok(Some(Val::Option(Some(Box::new(found))))));
+        }
+        if entries.done {
+            return answer(results, Ok(Some(Val::Option(None))));
+        }
+        match fs_call(FsCall::Readdir {
+            fd: entries.fd,
+            cookie: entries.cookie,
+            max: DIRENT_BATCH,
+        })? {
+            Ok(FsReply::Dirents(batch)) => {
+                match batch.last() {
+                    Some(last) => entries.cookie = last.next,
+                    None => entries.done = true,
+                }
+                entries.pending.extend(batch);
+            }
+            Ok(other) => return Err(fs::wrong(&other)),
+            Err(e) => return answer(results, Err(e)),
+        }
+    }
+}
+
+fn sync(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    answer(results, done(FsCall::Sync { fd })?)
+}
+
+/// Advice changes nothing here.
+fn advise(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    descriptor(cx, params, 0)?;
+    answer(results, Ok(None))
+}
+
+fn create_directory_at(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let path = str_param(params, 1)?.to_owned();
+    answer(results, done(FsCall::CreateDirectory { fd, path })?)
+}
+
+fn descriptor_stat(stat: &Filestat) -> Val {
+    let time = |ns: u64| Val::Option(Some(Box::new(datetime(ns))));
+    Val::Record(vec![
+        (String::from("type"), descriptor_type(stat.filetype)),
+        (String::from("link-count"), Val::U64(stat.nlink)),
+        (String::from("size"), Val::U64(stat.size)),
+        (String::from("data-access-timestamp"), time(stat.atim)),
+        (String::from("data-modification-timestamp"), time(stat.mtim)),
+        (String::from("status-change-timestamp"), time(stat.ctim)),
+    ])
+}
+
+fn filestat(call: FsCall) -> wasmtime::Result<Result<Filestat, Val>> {
+    Ok(match fs_call(call)? {
+        Ok(FsReply::Filestat(stat)) => Ok(stat),
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    })
+}
+
+fn follows(params: &[Val], i: usize) -> wasmtime::Result<bool> {
+    Ok(flags_param(params, i)?
+        .iter()
+        .any(|f| f == "symlink-follow"))
+}
+
+fn stat(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let stat = filestat(FsCall::FilestatGet { fd })?;
+    answer(results, stat.map(|s| Some(descriptor_stat(&s))))
+}
+
+fn stat_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let follow = follows(params, 1)?;
+    let path = str_param(params, 2)?.to_owned();
+    let stat = filestat(FsCall::PathFilestatGet { fd, follow, path })?;
+    answer(results, stat.map(|s| Some(descriptor_stat(&s))))
+}
+
+fn open_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let follow = follows(params, 1)?;
+    let path = str_param(params, 2)?.to_owned();
+    let mut oflags = 0u16;
+    for flag in flags_param(params, 3)? {
+        oflags |= match flag.as_str() {
+            "create" => 1,
+            "directory" => 2,
+            "exclusive" => 4,
+            "truncate" => 8,
+            _ => 0,
+        };
+    }
+    let (mut rights, mut fdflags) = (0u64, 0u16);
+    for flag in flags_param(params, 4)? {
+        match flag.as_str() {
+            "read" => rights |= RIGHTS_READ,
+            "write" => rights |= RIGHT_WRITE,
+            "data-integrity-sync" => fdflags |= 2,
+            "requested-write-sync" => fdflags |= 8,
+            "file-integrity-sync" => fdflags |= 16,
+            _ => {}
+        }
+    }
+    let opened = match fs_call(FsCall::Open {
+        fd,
+        follow,
+        path,
+        oflags,
+        rights,
+        fdflags,
+    })? {
+        Ok(FsReply::Fd(new)) => Ok(Some(own(
+            cx,
+            Entry::Descriptor {
+                fd: new,
+                preopen: false,
+            },
+        )?)),
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    };
+    answer(results, opened)
+}
+
+fn readlink_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let path = str_param(params, 1)?.to_owned();
+    let target = match fs_call(FsCall::Readlink { fd, path })? {
+        Ok(FsReply::Name(target)) => Ok(Some(Val::String(target))),
+        Ok(other) => return Err(fs::wrong(&other)),
+        Err(e) => Err(e),
+    };
+    answer(results, target)
+}
+
+fn remove_directory_at(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    results: &mut [Val],
+) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let path = str_param(params, 1)?.to_owned();
+    answer(results, done(FsCall::RemoveDirectory { fd, path })?)
+}
+
+fn unlink_file_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let path = str_param(params, 1)?.to_owned();
+    answer(results, done(FsCall::UnlinkFile { fd, path })?)
+}
+
+fn rename_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let old = str_param(params, 1)?.to_owned();
+    let new_fd = descriptor(cx, params, 2)?;
+    let new = str_param(params, 3)?.to_owned();
+    answer(
+        results,
+        done(FsCall::Rename {
+            fd,
+            old,
+            new_fd,
+            new,
+        })?,
+    )
+}
+
+fn symlink_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let old = str_param(params, 1)?.to_owned();
+    let new = str_param(params, 2)?.to_owned();
+    answer(results, done(FsCall::Symlink { old, fd, new })?)
+}
+
+fn is_same_object(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let a = descriptor(cx, params, 0)?;
+    let b = descriptor(cx, params, 1)?;
+    let same = match (
+        filestat(FsCall::FilestatGet { fd: a })?,
+        filestat(FsCall::FilestatGet { fd: b })?,
+    ) {
+        (Ok(a), Ok(b)) => a.dev == b.dev && a.ino == b.ino,
+        _ => false,
+    };
+    set(results, Val::Bool(same))
+}
+
+fn hash_value(stat: &Filestat) -> Val {
+    Val::Record(vec![
+        (String::from("lower"), Val::U64(stat.ino)),
+        (String::from("upper"), Val::U64(stat.dev)),
+    ])
+}
+
+fn metadata_hash(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let stat = filestat(FsCall::FilestatGet { fd })?;
+    answer(results, stat.map(|s| Some(hash_value(&s))))
+}
+
+fn metadata_hash_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let fd = descriptor(cx, params, 0)?;
+    let follow = follows(params, 1)?;
+    let path = str_param(params, 2)?.to_owned();
+    let stat = filestat(FsCall::PathFilestatGet { fd, follow, path })?;
+    answer(results, stat.map(|s| Some(hash_value(&s))))
+}
