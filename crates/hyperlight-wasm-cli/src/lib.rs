@@ -16,6 +16,7 @@ pub mod cli;
 pub mod run;
 pub mod serve;
 pub mod values;
+mod wave;
 
 use std::process::ExitCode;
 

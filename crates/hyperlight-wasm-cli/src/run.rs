@@ -1,7 +1,7 @@
 //! `hyperlight-wasm run`: a WASI command's `_start` (a preview 1 module) or
 //! `wasi:cli/run` (a WASI 0.2 component) with the process's stdio and exit
-//! code, or one module export called with arguments parsed by its signature
-//! (`--invoke`).
+//! code, or one export called (`--invoke`): a module's with arguments parsed
+//! by its signature, a component's with arguments in WAVE.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -108,12 +108,7 @@ fn load(options: &RunOptions) -> Result<Loaded, CliError> {
     let bytes = read_file(&options.file)?;
     let file = options.file.display();
     let component = hyperlight_wasm::is_component(&bytes);
-    if component && options.invoke.is_some() {
-        return Err(CliError::Usage(format!(
-            "`{file}` is a component; --invoke calls core module exports only (a component \
-             runs as a wasi:cli command, without --invoke)"
-        )));
-    }
+
     let sandbox = builder(&options.sandbox)
         .with_max_execution_time(options.timeout.unwrap_or(NO_TIMEOUT))
         .with_persistent_state(options.persistent)
@@ -161,6 +156,9 @@ pub fn run(options: RunOptions) -> Result<ExitCode, CliError> {
     let mut sandbox = match load(&options)? {
         Loaded::Module(sandbox) => sandbox,
         Loaded::Component(mut sandbox) => {
+            if let Some(invoke) = &options.invoke {
+                return invoke_component(&mut sandbox, invoke, &options.args);
+            }
             return match sandbox.run() {
                 Ok(code) => Ok(exit_code(code)),
                 Err(source) => {
@@ -194,6 +192,33 @@ pub fn run(options: RunOptions) -> Result<ExitCode, CliError> {
 /// A process exit code for a WASI exit code (which Unix reads modulo 256).
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(code.to_le_bytes()[0])
+}
+
+/// `--invoke` on a component: a WAVE call, or a name with one WAVE value
+/// per argument; prints the results in WAVE.
+fn invoke_component(
+    sandbox: &mut LoadedComponentSandbox,
+    invoke: &str,
+    args: &[String],
+) -> Result<ExitCode, CliError> {
+    let (export, args) =
+        crate::wave::parse_call(sandbox.exports(), invoke, args).map_err(CliError::Usage)?;
+    match sandbox.call(&export.name, &args) {
+        Ok(results) => {
+            let text =
+                crate::wave::print_results(&export, &results).map_err(|e| CliError::Other {
+                    context: format!("cannot print the results of `{}`", export.name),
+                    source: e.into(),
+                })?;
+            let _ = std::io::stdout().write_all(text.as_bytes());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(Error::GuestExited { code }) => Ok(exit_code(code)),
+        Err(source) => Err(CliError::Sandbox {
+            context: format!("`{}` failed", export.name),
+            source,
+        }),
+    }
 }
 
 fn invoke(

@@ -215,10 +215,6 @@ fn a_wasip2_component_runs_as_a_command() {
     assert_eq!(stdout, "given \"given\"\nwrite Err(PermissionDenied)\n");
     assert_eq!(run(&["run", &app, "exit", "3"]).status.code(), Some(1));
     assert_fails_with(&run(&["run", &app, "trap"]), "failed");
-    assert_fails_with(
-        &run(&["run", "--invoke", "run", &app]),
-        "--invoke calls core module exports only",
-    );
     let library = files.write(
         "lib.wat",
         r#"(component
@@ -229,6 +225,72 @@ fn a_wasip2_component_runs_as_a_command() {
     assert_fails_with(
         &run(&["run", &library.display().to_string()]),
         "not a command",
+    );
+}
+
+/// A component with `add: func(a: u32, b: u32) -> u32` and
+/// `echo: func(s: string) -> string`.
+const COMPONENT: &str = r#"(component
+  (core module $m
+    (memory (export "mem") 1)
+    (global $bump (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $bump))
+      (global.set $bump (i32.add (global.get $bump) (local.get 3)))
+      (local.get $p))
+    (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1)))
+    (func (export "echo") (param i32 i32) (result i32)
+      (i32.store (i32.const 0) (local.get 0))
+      (i32.store (i32.const 4) (local.get 1))
+      (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (func (export "add") (param "a" u32) (param "b" u32) (result u32) (canon lift (core func $i "add")))
+  (func (export "echo") (param "s" string) (result string)
+    (canon lift (core func $i "echo") (memory (core memory $i "mem")) (realloc (core func $i "realloc")))))"#;
+
+#[test]
+fn invoke_calls_a_component_export_with_arguments_in_wave() {
+    let files = Files::new();
+    let component = files.write("c.wat", COMPONENT).display().to_string();
+    let ok = |args: &[&str]| {
+        let output = run(args);
+        let (stdout, stderr) = texts(&output);
+        assert_eq!(output.status.code(), Some(0), "{stderr}");
+        stdout
+    };
+    assert_eq!(ok(&["run", "--invoke", "add(40, 2)", &component]), "42\n");
+    assert_eq!(
+        ok(&["run", "--invoke", "add", &component, "40", "2"]),
+        "42\n"
+    );
+    assert_eq!(
+        ok(&["run", "--invoke", r#"echo("hé \"q\"")"#, &component]),
+        "\"hé \\\"q\\\"\"\n"
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "add(1)", &component]),
+        "missing required param",
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "add(1, \"x\")", &component]),
+        "invalid value type",
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "add", &component, "1"]),
+        "`add` takes 2 argument(s), 1 given (`add: func(a: u32, b: u32) -> u32`)",
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "add", &component, "1", "-5"]),
+        "argument `b` (`-5`)",
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "nope()", &component]),
+        "no function `nope` (its exports: add, echo)",
+    );
+    assert_fails_with(
+        &run(&["run", "--invoke", "add(1, 2)", &component, "3"]),
+        "inside the parentheses",
     );
 }
 
