@@ -7,9 +7,10 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use alloc::collections::BTreeMap;
 use hyperlight_wasm_protocol::component::{self as wire_vals, ComponentImport, Node};
 use hyperlight_wasm_protocol::message::{ErrorCode, OutCall, OutCallReply};
-use wasmtime::component::{Component, Func, Instance, Linker, Val};
+use wasmtime::component::{Component, Func, Instance, Linker, ResourceAny, Type, Val};
 use wasmtime::{Engine, Store};
 
 use crate::abi::Fault;
@@ -56,7 +57,7 @@ fn call_host(
         "" => String::from(name),
         _ => format!("{interface}#{name}"),
     };
-    let args = to_protocol(params)?;
+    let args = to_protocol(params, None)?;
     let args = wire_vals::flatten(&args).map_err(|e| {
         Fault::new(
             ErrorCode::Other,
@@ -90,9 +91,48 @@ fn call_host(
         )
     })?;
     for (slot, val) in results.iter_mut().zip(vals) {
-        *slot = from_protocol(val);
+        *slot = from_protocol(val, None)?;
     }
     Ok(())
+}
+
+/// The most resources a component may have handed to the host at once.
+pub const MAX_RESOURCES: usize = 4096;
+
+/// The resources a component's exports returned, held for the host, which
+/// names them by number. Numbers are never reused while the state lasts.
+#[derive(Default)]
+pub struct Resources {
+    held: BTreeMap<u64, ResourceAny>,
+    next: u64,
+}
+
+impl Resources {
+    fn hold(&mut self, resource: ResourceAny) -> wasmtime::Result<u64> {
+        if self.held.len() >= MAX_RESOURCES {
+            return Err(Fault::new(
+                ErrorCode::TrapOther,
+                format_args!(
+                    "the component handed out {MAX_RESOURCES} resources the host holds, the \
+                     most a sandbox allows; drop some"
+                ),
+            )
+            .into());
+        }
+        let id = self.next;
+        self.next += 1;
+        self.held.insert(id, resource);
+        Ok(id)
+    }
+
+    fn get(&self, id: u64) -> Result<ResourceAny, Fault> {
+        self.held.get(&id).copied().ok_or_else(|| {
+            Fault::new(
+                ErrorCode::BadRequest,
+                format_args!("the component holds no resource {id} for the host"),
+            )
+        })
+    }
 }
 
 /// A loaded component and its instance. Fields drop in order: the store and
@@ -102,6 +142,8 @@ pub struct LoadedComponent {
     pub instance: Instance,
     /// Kept alive while its instance runs.
     pub _component: Component,
+    /// What its exports handed out.
+    pub resources: Resources,
 }
 
 impl LoadedComponent {
@@ -119,8 +161,21 @@ impl LoadedComponent {
                 format_args!("the arguments: {e}"),
             ))
         })?;
-        let args: Vec<Val> = args.into_iter().map(from_protocol).collect();
         let ty = func.ty(&self.store);
+        // Resources passed as `own` go back to the component: the host no
+        // longer holds them.
+        let mut given = Vec::new();
+        for (arg, (_, param)) in args.iter().zip(ty.params()) {
+            owned_ids(arg, &param, &mut given);
+        }
+        let args: Vec<Val> = args
+            .into_iter()
+            .map(|arg| from_protocol(arg, Some(&self.resources)))
+            .collect::<wasmtime::Result<_>>()
+            .map_err(|e| CallFailure::Fault(as_fault(e)))?;
+        for id in given {
+            self.resources.held.remove(&id);
+        }
         if ty.params().len() != args.len() {
             return Err(CallFailure::Fault(Fault::new(
                 ErrorCode::ParameterCountMismatch,
@@ -134,18 +189,24 @@ impl LoadedComponent {
         let mut results: Vec<Val> = (0..ty.results().len()).map(|_| Val::Bool(false)).collect();
         func.call(&mut self.store, &args, &mut results)
             .map_err(CallFailure::Wasmtime)?;
-        let results = to_protocol(&results).map_err(|e| {
-            CallFailure::Fault(match e.downcast::<Fault>() {
-                Ok(fault) => fault,
-                Err(e) => Fault::new(ErrorCode::Other, format_args!("{e:?}")),
-            })
-        })?;
+        let results = to_protocol(&results, Some(&mut self.resources))
+            .map_err(|e| CallFailure::Fault(as_fault(e)))?;
         wire_vals::flatten(&results).map_err(|e| {
             CallFailure::Fault(Fault::new(
                 ErrorCode::Other,
                 format_args!("the results of `{name}`: {e}"),
             ))
         })
+    }
+
+    /// Drops resource `id` the host held (running the component's
+    /// destructor, which may trap).
+    pub fn drop_resource(&mut self, id: u64) -> Result<(), CallFailure> {
+        let resource = self.resources.get(id).map_err(CallFailure::Fault)?;
+        self.resources.held.remove(&id);
+        resource
+            .resource_drop(&mut self.store)
+            .map_err(CallFailure::Wasmtime)
     }
 
     fn func(&mut self, name: &str) -> Option<Func> {
@@ -164,6 +225,57 @@ impl LoadedComponent {
     }
 }
 
+fn as_fault(e: wasmtime::Error) -> Fault {
+    match e.downcast::<Fault>() {
+        Ok(fault) => fault,
+        Err(e) => Fault::new(ErrorCode::Other, format_args!("{e:?}")),
+    }
+}
+
+/// The resources `val` (of type `ty`) passes as `own`.
+fn owned_ids(val: &wire_vals::Val, ty: &Type, out: &mut Vec<u64>) {
+    use wire_vals::Val as P;
+    match (val, ty) {
+        (P::Resource(handle), Type::Own(_)) => out.push(handle.id()),
+        (P::List(items), Type::List(list)) => {
+            let element = list.ty();
+            for item in items {
+                owned_ids(item, &element, out);
+            }
+        }
+        (P::Tuple(items), Type::Tuple(tuple)) => {
+            for (item, ty) in items.iter().zip(tuple.types()) {
+                owned_ids(item, &ty, out);
+            }
+        }
+        (P::Record(fields), Type::Record(record)) => {
+            for ((_, item), field) in fields.iter().zip(record.fields()) {
+                owned_ids(item, &field.ty, out);
+            }
+        }
+        (P::Variant(case, Some(payload)), Type::Variant(variant)) => {
+            if let Some(ty) = variant
+                .cases()
+                .find(|c| c.name == case.as_str())
+                .and_then(|c| c.ty)
+            {
+                owned_ids(payload, &ty, out);
+            }
+        }
+        (P::Option(Some(payload)), Type::Option(option)) => owned_ids(payload, &option.ty(), out),
+        (P::Result(result), Type::Result(types)) => {
+            let (payload, ty) = match result {
+                Ok(payload) => (payload, types.ok()),
+                Err(payload) => (payload, types.err()),
+            };
+            if let (Some(payload), Some(ty)) = (payload, ty) {
+                owned_ids(payload, &ty, out);
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Why a component call failed: a fault of ours, or wasmtime's error (a
 /// trap, the module's exit, a host function's failure).
 pub enum CallFailure {
@@ -172,18 +284,28 @@ pub enum CallFailure {
 }
 
 /// wasmtime's values as the protocol's; values the protocol cannot carry
-/// (resources, streams, futures) are an error.
-fn to_protocol(vals: &[Val]) -> wasmtime::Result<Vec<wire_vals::Val>> {
-    vals.iter().map(to_protocol_one).collect()
+/// (streams, futures) are an error, and so are resources unless `held`
+/// takes them (what an export returns).
+fn to_protocol(
+    vals: &[Val],
+    mut held: Option<&mut Resources>,
+) -> wasmtime::Result<Vec<wire_vals::Val>> {
+    vals.iter()
+        .map(|v| to_protocol_one(v, held.as_deref_mut()))
+        .collect()
 }
 
-fn to_protocol_one(val: &Val) -> wasmtime::Result<wire_vals::Val> {
+fn to_protocol_one(
+    val: &Val,
+    mut held: Option<&mut Resources>,
+) -> wasmtime::Result<wire_vals::Val> {
     use wire_vals::Val as P;
-    let boxed = |v: &Option<Box<Val>>| -> wasmtime::Result<Option<Box<P>>> {
-        v.as_deref()
-            .map(|v| to_protocol_one(v).map(Box::new))
-            .transpose()
-    };
+    let boxed =
+        |v: &Option<Box<Val>>, held: Option<&mut Resources>| -> wasmtime::Result<Option<Box<P>>> {
+            v.as_deref()
+                .map(|v| to_protocol_one(v, held).map(Box::new))
+                .transpose()
+        };
     Ok(match val {
         Val::Bool(v) => P::Bool(*v),
         Val::S8(v) => P::S8(*v),
@@ -198,20 +320,39 @@ fn to_protocol_one(val: &Val) -> wasmtime::Result<wire_vals::Val> {
         Val::Float64(v) => P::Float64(*v),
         Val::Char(v) => P::Char(*v),
         Val::String(v) => P::String(v.clone()),
-        Val::List(v) => P::List(to_protocol(v)?),
-        Val::Tuple(v) => P::Tuple(to_protocol(v)?),
+        Val::List(v) => P::List(to_protocol(v, held)?),
+        Val::Tuple(v) => P::Tuple(to_protocol(v, held)?),
         Val::Record(fields) => P::Record(
             fields
                 .iter()
-                .map(|(name, v)| Ok((name.clone(), to_protocol_one(v)?)))
+                .map(|(name, v)| Ok((name.clone(), to_protocol_one(v, held.as_deref_mut())?)))
                 .collect::<wasmtime::Result<_>>()?,
         ),
-        Val::Variant(case, payload) => P::Variant(case.clone(), boxed(payload)?),
+        Val::Variant(case, payload) => P::Variant(case.clone(), boxed(payload, held)?),
         Val::Enum(case) => P::Enum(case.clone()),
-        Val::Option(v) => P::Option(boxed(v)?),
-        Val::Result(Ok(v)) => P::Result(Ok(boxed(v)?)),
-        Val::Result(Err(v)) => P::Result(Err(boxed(v)?)),
+        Val::Option(v) => P::Option(boxed(v, held)?),
+        Val::Result(Ok(v)) => P::Result(Ok(boxed(v, held)?)),
+        Val::Result(Err(v)) => P::Result(Err(boxed(v, held)?)),
         Val::Flags(names) => P::Flags(names.clone()),
+        Val::Resource(resource) => match held {
+            Some(held) if resource.owned() => {
+                P::Resource(wire_vals::ResourceHandle::new(held.hold(*resource)?, 0))
+            }
+            Some(_) => {
+                return Err(Fault::new(
+                    ErrorCode::Other,
+                    format_args!("the component returned a borrowed resource"),
+                )
+                .into());
+            }
+            None => {
+                return Err(Fault::new(
+                    ErrorCode::Other,
+                    format_args!("a resource cannot be passed to a host function yet"),
+                )
+                .into());
+            }
+        },
         other => {
             return Err(Fault::new(
                 ErrorCode::Other,
@@ -227,7 +368,6 @@ fn to_protocol_one(val: &Val) -> wasmtime::Result<wire_vals::Val> {
 
 fn kind(val: &Val) -> &'static str {
     match val {
-        Val::Resource(_) => "resource",
         Val::Future(_) => "future",
         Val::Stream(_) => "stream",
         Val::ErrorContext(_) => "error-context",
@@ -237,10 +377,17 @@ fn kind(val: &Val) -> &'static str {
     }
 }
 
-fn from_protocol(val: wire_vals::Val) -> Val {
+/// The protocol's values as wasmtime's; resources are those `held` holds
+/// (none when it is `None`: a host function's results).
+fn from_protocol(val: wire_vals::Val, held: Option<&Resources>) -> wasmtime::Result<Val> {
     use wire_vals::Val as P;
-    let boxed = |v: Option<Box<P>>| v.map(|v| Box::new(from_protocol(*v)));
-    match val {
+    let boxed = |v: Option<Box<P>>| -> wasmtime::Result<Option<Box<Val>>> {
+        v.map(|v| from_protocol(*v, held).map(Box::new)).transpose()
+    };
+    let list = |v: Vec<P>| -> wasmtime::Result<Vec<Val>> {
+        v.into_iter().map(|v| from_protocol(v, held)).collect()
+    };
+    Ok(match val {
         P::Bool(v) => Val::Bool(v),
         P::S8(v) => Val::S8(v),
         P::U8(v) => Val::U8(v),
@@ -254,19 +401,29 @@ fn from_protocol(val: wire_vals::Val) -> Val {
         P::Float64(v) => Val::Float64(v),
         P::Char(v) => Val::Char(v),
         P::String(v) => Val::String(v),
-        P::List(v) => Val::List(v.into_iter().map(from_protocol).collect()),
-        P::Tuple(v) => Val::Tuple(v.into_iter().map(from_protocol).collect()),
+        P::List(v) => Val::List(list(v)?),
+        P::Tuple(v) => Val::Tuple(list(v)?),
         P::Record(fields) => Val::Record(
             fields
                 .into_iter()
-                .map(|(name, v)| (name, from_protocol(v)))
-                .collect(),
+                .map(|(name, v)| Ok((name, from_protocol(v, held)?)))
+                .collect::<wasmtime::Result<_>>()?,
         ),
-        P::Variant(case, payload) => Val::Variant(case, boxed(payload)),
+        P::Variant(case, payload) => Val::Variant(case, boxed(payload)?),
         P::Enum(case) => Val::Enum(case),
-        P::Option(v) => Val::Option(boxed(v)),
-        P::Result(Ok(v)) => Val::Result(Ok(boxed(v))),
-        P::Result(Err(v)) => Val::Result(Err(boxed(v))),
+        P::Option(v) => Val::Option(boxed(v)?),
+        P::Result(Ok(v)) => Val::Result(Ok(boxed(v)?)),
+        P::Result(Err(v)) => Val::Result(Err(boxed(v)?)),
         P::Flags(names) => Val::Flags(names),
-    }
+        P::Resource(handle) => match held {
+            Some(held) => Val::Resource(held.get(handle.id())?),
+            None => {
+                return Err(Fault::new(
+                    ErrorCode::BadRequest,
+                    format_args!("a resource where the component imports none"),
+                )
+                .into());
+            }
+        },
+    })
 }

@@ -203,6 +203,9 @@ impl Runtime {
             Request::CallComponent { function, args } => self
                 .call_component(&function, args)
                 .map(Response::ComponentReturned),
+            Request::DropResource { id } => self
+                .drop_resource(id)
+                .map(|()| Response::ComponentReturned(Vec::new())),
         };
         match result {
             Ok(response) => response,
@@ -345,6 +348,7 @@ impl Runtime {
                 store,
                 instance,
                 _component: component,
+                resources: Default::default(),
             },
             _artifact: artifact,
         });
@@ -365,6 +369,21 @@ impl Runtime {
             // invalid discriminants) are traps in the component model.
             CallFailure::Wasmtime(e) => {
                 from_wasmtime(ErrorCode::TrapOther, &format!("calling `{name}`"), &e)
+            }
+        })
+    }
+
+    fn drop_resource(&mut self, id: u64) -> Result<(), Failure> {
+        let loaded = self.component.as_mut().ok_or_else(|| {
+            error(
+                ErrorCode::NoModuleLoaded,
+                format_args!("no component is loaded"),
+            )
+        })?;
+        loaded.loaded.drop_resource(id).map_err(|e| match e {
+            CallFailure::Fault(fault) => fault.into(),
+            CallFailure::Wasmtime(e) => {
+                from_wasmtime(ErrorCode::TrapOther, "dropping a resource", &e)
             }
         })
     }

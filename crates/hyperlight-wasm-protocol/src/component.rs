@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 /// the depth wasmtime's validator allows component types.
 pub const MAX_DEPTH: usize = 100;
 
-/// A component-model value of any WIT type but resources, streams and
-/// futures (which are not supported yet).
+/// A component-model value of any WIT type but streams and futures (which
+/// are not supported yet).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Val {
     /// `bool`.
@@ -64,6 +64,45 @@ pub enum Val {
     Result(Result<Option<Box<Val>>, Option<Box<Val>>>),
     /// `flags { ... }`: the names of the flags that are set.
     Flags(Vec<String>),
+    /// `own<R>` or `borrow<R>`: a resource the component made, held by the
+    /// sandbox; the handle names it.
+    Resource(ResourceHandle),
+}
+
+/// A resource a component made, as the sandbox that holds it handed it out.
+///
+/// The component's resources stay inside the sandbox: the host holds only
+/// this handle, and passes it back (`own` gives the resource back to the
+/// component, `borrow` lends it) or drops it
+/// (`LoadedComponentSandbox::drop_resource`). A handle is valid in the sandbox
+/// that returned it, until the sandbox's state is reset (after every call
+/// with fresh state per call; after a `restore` or a failed call in
+/// persistent mode): use resources in persistent mode. Any other handle is
+/// refused before the guest runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ResourceHandle {
+    id: u64,
+    epoch: u64,
+}
+
+impl ResourceHandle {
+    /// The handle of resource `id` of the sandbox state `epoch` (the host
+    /// makes these; made-up ones are refused).
+    #[doc(hidden)]
+    pub fn new(id: u64, epoch: u64) -> ResourceHandle {
+        ResourceHandle { id, epoch }
+    }
+
+    /// The guest's number for the resource.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The sandbox state it belongs to.
+    #[doc(hidden)]
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
 }
 
 /// One node of a flattened [`Val`]: a leaf, or a compound value and how
@@ -117,6 +156,8 @@ pub enum Node {
     },
     /// The flags that are set.
     Flags(Vec<String>),
+    /// A resource, by the guest's number for it.
+    Resource(u64),
 }
 
 /// Why nodes do not make values.
@@ -175,6 +216,7 @@ fn flatten_into(val: &Val, depth: usize, out: &mut Vec<Node>) -> Result<(), Flat
         Val::String(v) => out.push(Node::String(v.clone())),
         Val::Enum(v) => out.push(Node::Enum(v.clone())),
         Val::Flags(v) => out.push(Node::Flags(v.clone())),
+        Val::Resource(handle) => out.push(Node::Resource(handle.id)),
         Val::List(items) | Val::Tuple(items) => {
             out.push(match val {
                 Val::List(_) => Node::List(count(items.len())?),
@@ -291,6 +333,8 @@ fn take(nodes: &mut alloc::vec::IntoIter<Node>, depth: usize) -> Result<Val, Fla
         Node::String(v) => Val::String(v),
         Node::Enum(v) => Val::Enum(v),
         Node::Flags(v) => Val::Flags(v),
+        // The host stamps its own epoch on what the guest returns.
+        Node::Resource(id) => Val::Resource(ResourceHandle::new(id, 0)),
         Node::List(n) => Val::List(children(n, nodes)?),
         Node::Tuple(n) => Val::Tuple(children(n, nodes)?),
         Node::Record(names) => {

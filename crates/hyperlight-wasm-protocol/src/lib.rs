@@ -48,4 +48,4 @@ pub mod wire;
 /// Version of this protocol. The guest reports it when it is ready and the
 /// host refuses a guest that speaks another version. Bump it on any change to
 /// this crate that changes bytes in guest memory.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;

@@ -194,6 +194,12 @@ pub enum Request {
         /// The arguments, flattened ([`crate::component::flatten`]).
         args: Vec<Node>,
     },
+    /// Drop a resource the component returned (runs its destructor, if it
+    /// has one). Answered with an empty [`Response::ComponentReturned`].
+    DropResource {
+        /// The guest's number for it ([`Node::Resource`]).
+        id: u64,
+    },
 }
 
 /// The exports through which strings and buffers reach a module: its

@@ -78,6 +78,14 @@ fn requests() {
             },
             &[5, 1, b'g', 1, 6, 3],
         ),
+        (
+            Request::CallComponent {
+                function: String::from("g"),
+                args: vec![Node::Resource(9)],
+            },
+            &[5, 1, b'g', 1, 21, 9],
+        ),
+        (Request::DropResource { id: 9 }, &[6, 9]),
     ]);
 }
 

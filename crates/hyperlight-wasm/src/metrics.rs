@@ -346,6 +346,7 @@ fn variant_name(e: &Error) -> &'static str {
         Error::UnknownImport { .. } => "UnknownImport",
         Error::Instantiation { .. } => "Instantiation",
         Error::GuestFunctionNotFound { .. } => "GuestFunctionNotFound",
+        Error::InvalidResource { .. } => "InvalidResource",
         Error::GuestFunctionParameterCountMismatch { .. } => "GuestFunctionParameterCountMismatch",
         Error::GuestFunctionParameterTypeMismatch { .. } => "GuestFunctionParameterTypeMismatch",
         Error::GuestFunctionReturnTypeMismatch { .. } => "GuestFunctionReturnTypeMismatch",

@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::types::ComponentItem;
 use wasmtime::{Engine, OptLevel};
 
-use super::types::{ComponentFunction, ComponentImportedFunction, Reader};
+use super::types::{ComponentFunction, ComponentImportedFunction, Reader, Type};
 use crate::compile::{self, WasmKind, guard_panics};
 use crate::error::{Error, Result};
 
@@ -84,6 +84,27 @@ fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
         source: reason.into(),
     };
 
+    // The resource types first: functions name them.
+    for (name, item) in ty.exports(types_engine) {
+        match item.ty {
+            ComponentItem::Resource(resource) => {
+                reader
+                    .resource(resource, name.to_owned())
+                    .map_err(too_big)?;
+            }
+            ComponentItem::ComponentInstance(instance) => {
+                for (export, item) in instance.exports(types_engine) {
+                    if let ComponentItem::Resource(resource) = item.ty {
+                        reader
+                            .resource(resource, format!("{name}#{export}"))
+                            .map_err(too_big)?;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     let mut exports = Vec::new();
     for (name, item) in ty.exports(types_engine) {
         match item.ty {
@@ -130,10 +151,21 @@ fn compile(bytes: &[u8], hash: [u8; 32]) -> Result<CompiledComponent> {
                 for (function, item) in instance.exports(types_engine) {
                     match item.ty {
                         ComponentItem::ComponentFunc(func) => {
+                            let ty = reader.func(&func).map_err(too_big)?;
+                            let resources = ty.params.iter().map(|(_, t)| t).chain(&ty.results);
+                            if resources.into_iter().any(Type::holds_resources) {
+                                return Err(Error::UnknownImport {
+                                    message: format!(
+                                        "the component imports `{name}#{function}`, which \
+                                         passes resources (host functions cannot take or \
+                                         return resources yet)"
+                                    ),
+                                });
+                            }
                             imports.push(ComponentImportedFunction {
                                 interface: name.to_owned(),
                                 name: function.to_owned(),
-                                ty: reader.func(&func).map_err(too_big)?,
+                                ty,
                             });
                         }
                         // An interface's type definitions need nothing.

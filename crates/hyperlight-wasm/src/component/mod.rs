@@ -43,7 +43,7 @@ mod sandbox;
 mod typed;
 pub(crate) mod types;
 
-pub use hyperlight_wasm_protocol::component::Val;
+pub use hyperlight_wasm_protocol::component::{ResourceHandle, Val};
 pub use sandbox::LoadedComponentSandbox;
 pub(crate) use typed::into_results as typed_results;
 pub use typed::{ComponentParams, ComponentValue};

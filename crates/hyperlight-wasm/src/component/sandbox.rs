@@ -1,7 +1,7 @@
 //! [`LoadedComponentSandbox`]: a sandbox with a component, ready for calls.
 
 use super::typed::{ComponentParams, ComponentValue, from_results};
-use super::{ComponentFunction, Val};
+use super::{ComponentFunction, ResourceHandle, Val};
 use crate::error::{Error, Result};
 use crate::guest::Guest;
 use crate::metrics::{Live, SandboxKind};
@@ -123,6 +123,24 @@ impl LoadedComponentSandbox {
     /// name, as the host read them when it compiled the component.
     pub fn exports(&self) -> &[ComponentFunction] {
         self.guest.component_exports()
+    }
+
+    /// Drops a resource the component returned: the component's
+    /// destructor for it runs (and may trap), and the handle is dead.
+    ///
+    /// Resources live in the sandbox's state: a handle works until that
+    /// state is reset (after each call with fresh state per call, so use
+    /// resources with [`crate::SandboxBuilder::with_persistent_state`];
+    /// after [`LoadedComponentSandbox::restore`] or a failed call). Passing
+    /// a handle as an `own` argument gives the resource back to the
+    /// component, and ends the handle too.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidResource`] for a handle that is not live here, and
+    /// [`Error::GuestTrap`] when the destructor traps.
+    pub fn drop_resource(&mut self, handle: ResourceHandle) -> Result<()> {
+        self.guest.drop_resource(handle)
     }
 
     /// Whether an earlier failure of the host's own machinery left the

@@ -2,7 +2,7 @@
 //! ([`crate::LoadedComponentSandbox::call_typed`]) and typed host functions
 //! ([`crate::ProtoWasmSandbox::register_component_typed`]).
 
-use super::Val;
+use super::{ResourceHandle, Val};
 
 /// A Rust type that is a WIT value: `bool`, the integers, `f32`, `f64`,
 /// `char`, `String`, `Vec<T>` (`list<T>`), `Option<T>`, `Result<T, E>`
@@ -44,6 +44,7 @@ macro_rules! leaf {
 leaf!(
     bool => Bool, i8 => S8, u8 => U8, i16 => S16, u16 => U16, i32 => S32, u32 => U32,
     i64 => S64, u64 => U64, f32 => Float32, f64 => Float64, char => Char, String => String,
+    ResourceHandle => Resource,
 );
 
 impl ComponentValue for () {

@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use hyperlight_wasm_protocol::component::{MAX_DEPTH, Val};
+use hyperlight_wasm_protocol::component::{MAX_DEPTH, ResourceHandle, Val};
 use wasmtime::component::types as wt;
 
 /// A WIT value type.
@@ -58,9 +58,15 @@ pub enum Type {
     },
     /// `flags { name, ... }`.
     Flags(Vec<String>),
-    /// A type whose values hyperlight-wasm does not carry yet (resources,
-    /// streams, futures), by its WIT keyword. A function that takes or
-    /// returns one cannot be called.
+    /// `own<R>`: a resource handed over (by the component, when it returns
+    /// one; back to it, when passed), by the resource's name (`counter`, or
+    /// `my:app/api#counter` for an interface's).
+    Own(String),
+    /// `borrow<R>`: a resource lent to the component for the call.
+    Borrow(String),
+    /// A type whose values hyperlight-wasm does not carry yet (streams,
+    /// futures), by its WIT keyword. A function that takes or returns one
+    /// cannot be called.
     Unsupported(&'static str),
 }
 
@@ -105,6 +111,8 @@ const MAX_TYPE_NAME_BYTES: usize = 16 << 20;
 pub(crate) struct Reader {
     left: usize,
     name_bytes_left: usize,
+    /// The resource types the component exports, and their names.
+    resources: Vec<(wt::ResourceType, String)>,
 }
 
 impl Reader {
@@ -112,7 +120,26 @@ impl Reader {
         Reader {
             left: MAX_TYPE_NODES,
             name_bytes_left: MAX_TYPE_NAME_BYTES,
+            resources: Vec::new(),
         }
+    }
+
+    /// Names a resource type the component exports (`counter`, or
+    /// `interface#counter`).
+    pub(crate) fn resource(&mut self, ty: wt::ResourceType, name: String) -> Result<(), String> {
+        let name = self.name(&name)?;
+        self.resources.push((ty, name));
+        Ok(())
+    }
+
+    fn resource_name(&mut self, ty: &wt::ResourceType) -> Result<String, String> {
+        let name = self
+            .resources
+            .iter()
+            .find(|(known, _)| known == ty)
+            .map_or("resource", |(_, name)| name.as_str())
+            .to_owned();
+        self.name(&name)
     }
 
     /// Copies a name, counting it against the budget.
@@ -209,8 +236,8 @@ impl Reader {
                     .map(|n| self.name(n))
                     .collect::<Result<_, String>>()?,
             ),
-            wt::Type::Own(_) => Type::Unsupported("own"),
-            wt::Type::Borrow(_) => Type::Unsupported("borrow"),
+            wt::Type::Own(resource) => Type::Own(self.resource_name(resource)?),
+            wt::Type::Borrow(resource) => Type::Borrow(self.resource_name(resource)?),
             wt::Type::Future(_) => Type::Unsupported("future"),
             wt::Type::Stream(_) => Type::Unsupported("stream"),
             wt::Type::ErrorContext => Type::Unsupported("error-context"),
@@ -267,8 +294,75 @@ impl Type {
         }
     }
 
+    /// Whether a value of this type can hold a resource.
+    pub(crate) fn holds_resources(&self) -> bool {
+        match self {
+            Type::Own(_) | Type::Borrow(_) => true,
+            Type::List(t) | Type::Option(t) => t.holds_resources(),
+            Type::Tuple(types) => types.iter().any(Type::holds_resources),
+            Type::Record(fields) => fields.iter().any(|(_, t)| t.holds_resources()),
+            Type::Variant(cases) => cases
+                .iter()
+                .any(|(_, t)| t.as_ref().is_some_and(Type::holds_resources)),
+            Type::Result { ok, err } => {
+                ok.as_deref().is_some_and(Type::holds_resources)
+                    || err.as_deref().is_some_and(Type::holds_resources)
+            }
+            _ => false,
+        }
+    }
+
+    /// The resource handles in `val` (a value of this type, checked), with
+    /// the name of each one's resource and whether it is passed `own`.
+    pub(crate) fn handles<'t>(&'t self, val: &Val, out: &mut Vec<Handle<'t>>) {
+        match (self, val) {
+            (Type::Own(name), Val::Resource(handle)) => out.push(Handle {
+                handle: *handle,
+                resource: name,
+                own: true,
+            }),
+            (Type::Borrow(name), Val::Resource(handle)) => out.push(Handle {
+                handle: *handle,
+                resource: name,
+                own: false,
+            }),
+            (Type::List(element), Val::List(items)) => {
+                for item in items {
+                    element.handles(item, out);
+                }
+            }
+            (Type::Tuple(types), Val::Tuple(items)) => {
+                for (ty, item) in types.iter().zip(items) {
+                    ty.handles(item, out);
+                }
+            }
+            (Type::Record(fields), Val::Record(values)) => {
+                for ((_, ty), (_, value)) in fields.iter().zip(values) {
+                    ty.handles(value, out);
+                }
+            }
+            (Type::Variant(cases), Val::Variant(case, Some(payload))) => {
+                if let Some((_, Some(ty))) = cases.iter().find(|(name, _)| name == case) {
+                    ty.handles(payload, out);
+                }
+            }
+            (Type::Option(inner), Val::Option(Some(value))) => inner.handles(value, out),
+            (Type::Result { ok, err }, Val::Result(result)) => {
+                let (ty, payload) = match result {
+                    Ok(payload) => (ok, payload),
+                    Err(payload) => (err, payload),
+                };
+                if let (Some(ty), Some(payload)) = (ty, payload) {
+                    ty.handles(payload, out);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Checks that `val` is a value of this type; the error says where and
-    /// why it is not.
+    /// why it is not. (Whether a resource handle is live is checked by the
+    /// sandbox that holds the resources.)
     pub fn check(&self, val: &Val) -> Result<(), String> {
         let found = |what: &str| Err(format!("expected {}, found {what}", self.short()));
         match (self, val) {
@@ -362,6 +456,7 @@ impl Type {
                 }
                 Ok(())
             }
+            (Type::Own(_) | Type::Borrow(_), Val::Resource(_)) => Ok(()),
             (Type::Unsupported(kind), _) => Err(format!(
                 "values of type {kind} cannot cross the boundary yet"
             )),
@@ -394,7 +489,17 @@ fn kind_of(val: &Val) -> &'static str {
         Val::Option(_) => "an option",
         Val::Result(_) => "a result",
         Val::Flags(_) => "flags",
+        Val::Resource(_) => "a resource",
     }
+}
+
+/// A resource handle in a value, as [`Type::handles`] finds it.
+pub(crate) struct Handle<'t> {
+    pub(crate) handle: ResourceHandle,
+    /// The resource's name.
+    pub(crate) resource: &'t str,
+    /// Passed `own` (else `borrow`).
+    pub(crate) own: bool,
 }
 
 impl FuncType {
@@ -501,6 +606,8 @@ impl fmt::Display for Type {
                 (None, Some(err)) => write!(f, "result<_, {err}>"),
                 (Some(ok), Some(err)) => write!(f, "result<{ok}, {err}>"),
             },
+            Type::Own(name) => f.write_str(name),
+            Type::Borrow(name) => write!(f, "borrow<{name}>"),
             Type::Unsupported(kind) => f.write_str(kind),
         }
     }

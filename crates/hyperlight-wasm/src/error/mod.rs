@@ -176,6 +176,13 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// A component resource handle that is not live in the sandbox: dropped
+    /// already, given back to the component, or from an earlier state.
+    #[error("invalid resource handle: {message}")]
+    InvalidResource {
+        /// Which handle, and why.
+        message: String,
+    },
     /// The module exports no function of that name.
     #[error("the module has no exported function `{function}`")]
     GuestFunctionNotFound {
@@ -425,6 +432,7 @@ impl Error {
             | Error::UnknownImport { .. }
             | Error::Instantiation { .. }
             | Error::GuestFunctionNotFound { .. }
+            | Error::InvalidResource { .. }
             | Error::GuestFunctionParameterCountMismatch { .. }
             | Error::GuestFunctionParameterTypeMismatch { .. }
             | Error::GuestFunctionReturnTypeMismatch { .. }

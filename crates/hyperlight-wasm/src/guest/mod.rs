@@ -32,6 +32,7 @@ mod outcalls;
 #[cfg(test)]
 mod tests;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hyperlight_wasm_protocol::PROTOCOL_VERSION;
@@ -43,10 +44,10 @@ use serde::Serialize;
 use self::outcalls::HostServices;
 pub(crate) use self::outcalls::PrintFn;
 use crate::compile::artifact::Exports;
-use crate::component::Val;
 use crate::component::compile::CompiledComponent;
 use crate::component::host_functions::ComponentFunctions;
 use crate::component::types::ParamError;
+use crate::component::{ResourceHandle, Val};
 use crate::error::{self, Aftermath, Error, ProtocolError, Result};
 use crate::sandbox::host_functions::{self, HostFunctions};
 use crate::vm::error::VmError;
@@ -76,6 +77,9 @@ pub(crate) struct Guest {
     exports: Option<Arc<Exports>>,
     /// The loaded component, if a component (not a module) is loaded.
     component: Option<Arc<CompiledComponent>>,
+    /// The resources the component handed out in the current state: the
+    /// state's epoch and, by the guest's number, each one's resource name.
+    resources: (u64, HashMap<u64, String>),
     /// Whether the current request stopped the guest in the middle (at an
     /// out-call).
     mid_request: bool,
@@ -124,6 +128,7 @@ impl Guest {
             module_snapshot: None,
             exports: None,
             component: None,
+            resources: (0, HashMap::new()),
             mid_request: false,
             state_private: false,
             abi: ModuleAbi::default(),
@@ -360,6 +365,10 @@ impl Guest {
                 },
             });
         }
+        let given = match self.check_handles(function, &export.ty, args) {
+            Ok(given) => given,
+            Err(e) => return fail(e),
+        };
         let nodes = match hyperlight_wasm_protocol::component::flatten(args) {
             Ok(nodes) => nodes,
             Err(e) => {
@@ -380,12 +389,14 @@ impl Guest {
             match guest.run_to_done(None)? {
                 Response::ComponentReturned(nodes) => {
                     let results = export.ty.results.len();
-                    let vals = hyperlight_wasm_protocol::component::unflatten_exact(nodes, results)
-                        .map_err(|e| errors::unexpected("well-formed component values", &e))?;
+                    let mut vals =
+                        hyperlight_wasm_protocol::component::unflatten_exact(nodes, results)
+                            .map_err(|e| errors::unexpected("well-formed component values", &e))?;
                     export
                         .ty
                         .check_results(&vals)
                         .map_err(|e| errors::unexpected("results of the function's type", &e))?;
+                    guest.take_handles(&given, &export.ty, &mut vals)?;
                     Ok(vals)
                 }
                 other => {
@@ -407,6 +418,133 @@ impl Guest {
             let restored = self.vm.restore(&snapshot);
             let _poisoned_if_failed = self.poison_on_error(restored);
         }
+        result
+    }
+
+    /// The live resources of the current state (forgetting those of an
+    /// earlier one).
+    fn live_resources(&mut self) -> &mut HashMap<u64, String> {
+        let epoch = self.vm.state_epoch();
+        if self.resources.0 != epoch {
+            self.resources = (epoch, HashMap::new());
+        }
+        &mut self.resources.1
+    }
+
+    /// Checks that every resource handle in `args` is live in this sandbox's
+    /// current state and of the resource its parameter names, and that none
+    /// is given away twice. Returns the ones passed `own`.
+    fn check_handles(
+        &mut self,
+        function: &str,
+        ty: &crate::component::FuncType,
+        args: &[Val],
+    ) -> Result<Vec<u64>> {
+        let mut handles = Vec::new();
+        for ((_, param), arg) in ty.params.iter().zip(args) {
+            param.handles(arg, &mut handles);
+        }
+        let epoch = self.vm.state_epoch();
+        let live = self.live_resources();
+        let mut given = Vec::new();
+        for found in &handles {
+            let id = found.handle.id();
+            let refused = |why: String| Error::GuestFunctionParameterTypeMismatch {
+                function: function.to_owned(),
+                message: why,
+            };
+            if found.handle.epoch() != epoch {
+                return Err(refused(format!(
+                    "resource handle {id} is not one of this sandbox's current state (handles \
+                     end when the sandbox's state is reset: after every call with fresh state, \
+                     after a restore or a failed call; resources need persistent mode)"
+                )));
+            }
+            match live.get(&id) {
+                Some(resource) if resource == found.resource => {}
+                Some(resource) => {
+                    return Err(refused(format!(
+                        "resource handle {id} is a `{resource}`, not a `{}`",
+                        found.resource
+                    )));
+                }
+                None => {
+                    return Err(refused(format!(
+                        "resource handle {id} was dropped or given back to the component"
+                    )));
+                }
+            }
+            if found.own {
+                if given.contains(&id) {
+                    return Err(refused(format!("resource handle {id} is given away twice")));
+                }
+                given.push(id);
+            }
+        }
+        Ok(given)
+    }
+
+    /// After a call returned: forgets the resources given away, and stamps
+    /// and records those the results hold (new handles, each once).
+    fn take_handles(
+        &mut self,
+        given: &[u64],
+        ty: &crate::component::FuncType,
+        results: &mut [Val],
+    ) -> Result<()> {
+        let epoch = self.vm.state_epoch();
+        let live = self.live_resources();
+        for id in given {
+            live.remove(id);
+        }
+        for (ty, result) in ty.results.iter().zip(results.iter_mut()) {
+            let mut handles = Vec::new();
+            ty.handles(result, &mut handles);
+            for found in &handles {
+                if !found.own {
+                    return Err(errors::unexpected(
+                        "resources returned as own",
+                        &"a borrowed resource",
+                    ));
+                }
+                let id = found.handle.id();
+                if live.insert(id, found.resource.to_owned()).is_some() {
+                    return Err(errors::unexpected(
+                        "a new resource number",
+                        &format!("resource {id} again"),
+                    ));
+                }
+            }
+            stamp(result, epoch);
+        }
+        Ok(())
+    }
+
+    /// Drops a resource the component handed out (see
+    /// [`crate::LoadedComponentSandbox::drop_resource`]).
+    pub(crate) fn drop_resource(&mut self, handle: ResourceHandle) -> Result<()> {
+        let id = handle.id();
+        let epoch = self.vm.state_epoch();
+        let known = handle.epoch() == epoch && self.live_resources().contains_key(&id);
+        if !known {
+            let e = Error::InvalidResource {
+                message: format!(
+                    "resource handle {id} is not live in this sandbox (dropped, given back, or \
+                     from an earlier state)"
+                ),
+            };
+            crate::metrics::record_error(&e);
+            return Err(e);
+        }
+        let reset = !self.persistent;
+        let result = self.guarded(reset, |guest| {
+            guest.send(&Request::DropResource { id })?;
+            match guest.run_to_done(None)? {
+                Response::ComponentReturned(nodes) if nodes.is_empty() => Ok(()),
+                other => Err(guest.unexpected_response("the resource dropped", other, None)),
+            }
+        });
+        self.live_resources().remove(&id);
         result
     }
 
@@ -787,4 +925,19 @@ fn check_memory_range(offset: u32, len: u32) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Stamps the state's `epoch` on every resource handle in `val`.
+fn stamp(val: &mut Val, epoch: u64) {
+    match val {
+        Val::Resource(handle) => *handle = ResourceHandle::new(handle.id(), epoch),
+        Val::List(items) | Val::Tuple(items) => items.iter_mut().for_each(|v| stamp(v, epoch)),
+        Val::Record(fields) => fields.iter_mut().for_each(|(_, v)| stamp(v, epoch)),
+        Val::Variant(_, Some(v))
+        | Val::Option(Some(v))
+        | Val::Result(Ok(Some(v)) | Err(Some(v))) => {
+            stamp(v, epoch);
+        }
+        _ => {}
+    }
 }

@@ -117,6 +117,9 @@ pub(crate) struct Vm {
     /// Whether the last exit may have left KVM emulation to finish on the
     /// next entry (see `Vm::drain_pending_emulation`).
     pending_emulation: bool,
+    /// Names the guest's state: a new number, unique in the process, each
+    /// time memory and vCPU go back to a snapshot (see [`Vm::state_epoch`]).
+    state_epoch: u64,
     /// Makes the next snapshots fail reading the vCPU (tests of the error
     /// paths).
     #[cfg(test)]
@@ -207,6 +210,7 @@ impl Vm {
             tracker: Tracker::new(pages, manual_protect),
             entries: 0,
             pending_emulation: false,
+            state_epoch: next_state_epoch(),
             #[cfg(test)]
             fail_register_reads: false,
         })
@@ -265,6 +269,19 @@ impl Vm {
             sizes: self.sizes,
             module,
         })
+    }
+
+    /// The number of the guest's current state: it changes (to a number no
+    /// VM of this process had) whenever the state is put back to a
+    /// snapshot, so that what the host holds of the state before (the
+    /// handles of a component's resources) can be told stale.
+    pub(crate) fn state_epoch(&self) -> u64 {
+        self.state_epoch
+    }
+
+    /// Starts a new state epoch (a restore or adoption is under way).
+    pub(crate) fn new_state_epoch(&mut self) {
+        self.state_epoch = next_state_epoch();
     }
 
     /// Guest entries so far (each ends in one exit).
@@ -431,6 +448,12 @@ fn create_vm(kvm: &kvm_ioctls::Kvm) -> Result<VmFd, VmError> {
             Err(e) => return Err(VmError::kvm("KVM_CREATE_VM")(e)),
         }
     }
+}
+
+/// A state epoch no VM of this process had (from 1; 0 is never one).
+fn next_state_epoch() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 #[cfg(test)]

@@ -218,6 +218,7 @@ impl Vm {
     /// the guest sees the image again.
     pub(crate) fn adopt(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), VmError> {
         self.check_compatible(snapshot)?;
+        self.new_state_epoch();
         self.drain_pending_emulation()?;
         self.tracker.forget_for(&self.vm, &mut self.memory)?;
         self.memory.map_image(snapshot.file(), &snapshot.runs)?;
@@ -230,6 +231,7 @@ impl Vm {
     /// the pages that can differ from it.
     pub(crate) fn restore(&mut self, snapshot: &Arc<Snapshot>) -> Result<(), VmError> {
         self.check_compatible(snapshot)?;
+        self.new_state_epoch();
         let Some(base) = self.tracker.base().cloned() else {
             // Memory never matched a snapshot: nothing tells which pages
             // differ, so start over from the image.

@@ -14,6 +14,7 @@ mod fixtures;
 mod host_functions;
 mod images;
 mod lifecycle;
+mod resources;
 mod samples;
 mod strings;
 mod values;
