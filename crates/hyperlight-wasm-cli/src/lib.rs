@@ -13,6 +13,7 @@
 
 pub mod artifact;
 pub mod cli;
+mod component_json;
 pub mod run;
 pub mod serve;
 pub mod values;

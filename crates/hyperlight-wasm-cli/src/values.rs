@@ -142,7 +142,7 @@ pub fn parse_text(ty: ReturnType, text: &str) -> Result<ParameterValue, String> 
 /// An `f32` from an `f64`, rounded to nearest (so the shortest text of an
 /// `f32` comes back as that `f32`); `None` for a finite value past `f32`'s
 /// range, which would otherwise become infinite.
-fn to_f32(value: f64) -> Option<f32> {
+pub(crate) fn to_f32(value: f64) -> Option<f32> {
     #[allow(clippy::cast_possible_truncation, reason = "rounding is the point")]
     let rounded = value as f32;
     (rounded.is_finite() || !value.is_finite()).then_some(rounded)
@@ -170,7 +170,7 @@ fn wrap_i64(n: i128) -> Option<i64> {
 
 /// A float from a JSON number, or the strings `NaN`, `inf`, `-inf` (and
 /// any other float text).
-fn json_float(json: &Json) -> Option<f64> {
+pub(crate) fn json_float(json: &Json) -> Option<f64> {
     match json {
         Json::Number(n) => n.as_f64(),
         Json::String(s) => s.parse().ok(),
@@ -180,7 +180,7 @@ fn json_float(json: &Json) -> Option<f64> {
 
 /// An integer from a JSON number, or a string of digits (for values past
 /// 2^53, which some JSON writers round).
-fn json_integer(json: &Json) -> Option<i128> {
+pub(crate) fn json_integer(json: &Json) -> Option<i128> {
     match json {
         Json::Number(n) => n
             .as_i64()

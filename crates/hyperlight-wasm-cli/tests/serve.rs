@@ -350,3 +350,82 @@ fn json_logs_and_startup_errors() {
         "below --pool-size",
     );
 }
+
+/// A component: `greet: func(p: person) -> result<string, string>` (ok with
+/// the name when `polite`, else err with it) and `add`.
+const GREETER: &str = r#"(component
+  (type $person0 (record (field "name" string) (field "polite" bool)))
+  (export $person "person" (type $person0))
+  (core module $m
+    (memory (export "mem") 1)
+    (global $heap (mut i32) (i32.const 1024))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      (local.set $p (global.get $heap))
+      (global.set $heap (i32.add (global.get $heap) (local.get 3)))
+      (local.get $p))
+    (func (export "greet") (param $ptr i32) (param $len i32) (param $polite i32) (result i32)
+      (i32.store8 (i32.const 0) (i32.eqz (local.get $polite)))
+      (i32.store (i32.const 4) (local.get $ptr))
+      (i32.store (i32.const 8) (local.get $len))
+      (i32.const 0))
+    (func (export "add") (param i32 i32) (result i32) (i32.add (local.get 0) (local.get 1))))
+  (core instance $i (instantiate $m))
+  (func (export "greet") (param "p" $person) (result (result string (error string)))
+    (canon lift (core func $i "greet") (memory (core memory $i "mem")) (realloc (core func $i "realloc"))))
+  (func (export "add") (param "a" u32) (param "b" u32) (result u32)
+    (canon lift (core func $i "add"))))"#;
+
+#[test]
+fn a_component_is_served_with_json_values_of_its_wit_types() {
+    let files = Files::new();
+    let component = files.write("greeter.wat", GREETER).display().to_string();
+    let spec = format!("greeter={component}");
+    let server = Serve::start(&["--module", &spec]);
+    assert_eq!(
+        server.call("greeter", "add", r#"{"args": [40, 2]}"#),
+        (200, json!({"result": 42}))
+    );
+    assert_eq!(
+        server.call(
+            "greeter",
+            "greet",
+            r#"{"args": [{"name": "Ada", "polite": true}]}"#
+        ),
+        (200, json!({"result": {"ok": "Ada"}}))
+    );
+    assert_eq!(
+        server.call(
+            "greeter",
+            "greet",
+            r#"{"args": [{"name": "Bob", "polite": false}]}"#
+        ),
+        (200, json!({"result": {"err": "Bob"}}))
+    );
+    for (body, needle) in [
+        (
+            r#"{"args": [{"name": "Ada"}]}"#,
+            "field `polite` is missing",
+        ),
+        (
+            r#"{"args": [{"name": 1, "polite": true}]}"#,
+            ".name: expected string",
+        ),
+        (r#"{"args": []}"#, "takes 1 argument(s), 0 given"),
+        (
+            r#"{"args": [{"name": "A", "polite": true}], "signature": {"params": []}}"#,
+            "no \"signature\"",
+        ),
+    ] {
+        let (status, answer) = server.call("greeter", "greet", body);
+        assert_eq!(status, 400, "{body}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(needle)),
+            "`{needle}` not in {answer}"
+        );
+    }
+    let (status, answer) = server.call("greeter", "nope", "{}");
+    assert_eq!(status, 404, "{answer}");
+}

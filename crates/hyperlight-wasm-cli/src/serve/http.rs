@@ -24,8 +24,8 @@ use serde::Deserialize;
 use serde_json::Value as Json;
 
 use super::error::{CallError, ErrorKind};
-use super::pool::ModulePool;
-use crate::values;
+use super::pool::{Answer, CallArgs, ModulePool};
+use crate::{component_json, values};
 
 /// The call route, as the `route` label names it.
 pub const CALL_ROUTE: &str = "/v1/modules/{name}/call/{function}";
@@ -270,6 +270,59 @@ async fn call(
         serde_json::from_slice(&body)
             .map_err(|e| bad_request(format!("the body is not a call: {e}")))?
     };
+    if let Some(exports) = pool.component_exports() {
+        if body.signature.is_some() {
+            return Err(bad_request(
+                "a component's exports have WIT types: no \"signature\"",
+            ));
+        }
+        let export = exports
+            .iter()
+            .find(|e| e.name == function)
+            .cloned()
+            .ok_or_else(|| {
+                CallError::new(
+                    ErrorKind::NotFound,
+                    format!("component `{module}` exports no function `{function}`"),
+                )
+            })?;
+        if body.args.len() != export.ty.params.len() {
+            return Err(bad_request(format!(
+                "`{function}` takes {} argument(s), {} given (`{export}`)",
+                export.ty.params.len(),
+                body.args.len()
+            )));
+        }
+        let args = export
+            .ty
+            .params
+            .iter()
+            .zip(&body.args)
+            .enumerate()
+            .map(|(i, ((name, ty), json))| {
+                component_json::from_json(ty, json)
+                    .map_err(|e| bad_request(format!("args[{i}] (`{name}`): {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let answer = pool.submit(function, CallArgs::Component(args))?;
+        let results = match answer
+            .await
+            .map_err(|_| CallError::new(ErrorKind::Internal, "the worker went away"))??
+        {
+            Answer::Component(results) => results,
+            Answer::Module(_) => {
+                return Err(CallError::new(
+                    ErrorKind::Internal,
+                    "a module's answer to a component call",
+                ));
+            }
+        };
+        let result = match (results.first(), export.ty.results.first()) {
+            (Some(val), Some(ty)) => component_json::to_json(val, ty),
+            _ => Json::Null,
+        };
+        return Ok(axum::Json(serde_json::json!({ "result": result })));
+    }
     let (params, result) = types(pool, &module, &function, body.signature.as_ref())?;
     values::check_count(&function, &params, body.args.len()).map_err(bad_request)?;
     let args = params
@@ -280,10 +333,19 @@ async fn call(
             values::parse_json(*ty, json).map_err(|e| bad_request(format!("args[{i}]: {e}")))
         })
         .collect::<Result<Vec<ParameterValue>, _>>()?;
-    let answer = pool.submit(function, args, result)?;
-    let value = answer
+    let answer = pool.submit(function, CallArgs::Module { args, result })?;
+    let value = match answer
         .await
-        .map_err(|_| CallError::new(ErrorKind::Internal, "the worker went away"))??;
+        .map_err(|_| CallError::new(ErrorKind::Internal, "the worker went away"))??
+    {
+        Answer::Module(value) => value,
+        Answer::Component(_) => {
+            return Err(CallError::new(
+                ErrorKind::Internal,
+                "a component's answer to a module call",
+            ));
+        }
+    };
     Ok(axum::Json(
         serde_json::json!({"result": values::to_json(&value)}),
     ))

@@ -17,8 +17,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyperlight_wasm::component::{ComponentFunction, Val};
 use hyperlight_wasm::{
-    ExportedFunction, LoadedWasmSandbox, ParameterValue, ReturnType, ReturnValue, SandboxBuilder,
+    ExportedFunction, LoadedComponentSandbox, LoadedWasmSandbox, ParameterValue, ReturnType,
+    ReturnValue, SandboxBuilder,
 };
 use prometheus::Registry;
 use tokio::sync::oneshot;
@@ -36,6 +38,8 @@ pub struct SandboxBackend {
     builder: SandboxBuilder,
     module: Vec<u8>,
     exports: Vec<ExportedFunction>,
+    /// A component's exports, read by loading it once (`None`: a module).
+    component_exports: Option<Vec<ComponentFunction>>,
 }
 
 impl std::fmt::Debug for SandboxBackend {
@@ -47,17 +51,32 @@ impl std::fmt::Debug for SandboxBackend {
 }
 
 impl SandboxBackend {
-    /// A backend for `module` (binary or text), its sandboxes built by
-    /// `builder`.
+    /// A backend for `module` (a module or component, binary or text), its
+    /// sandboxes built by `builder`.
     pub fn new(
         builder: SandboxBuilder,
         module: Vec<u8>,
     ) -> Result<SandboxBackend, hyperlight_wasm::Error> {
+        if hyperlight_wasm::is_component(&module) {
+            // A component's WIT types come with its load.
+            let loaded = builder
+                .clone()
+                .build()?
+                .load_runtime()?
+                .load_component_from_buffer(&module)?;
+            return Ok(SandboxBackend {
+                builder,
+                module,
+                exports: Vec::new(),
+                component_exports: Some(loaded.exports().to_vec()),
+            });
+        }
         let exports = hyperlight_wasm::inspect(&module)?.exports().to_vec();
         Ok(SandboxBackend {
             builder,
             module,
             exports,
+            component_exports: None,
         })
     }
 }
@@ -67,21 +86,58 @@ impl Backend for SandboxBackend {
         &self.exports
     }
 
+    fn component_exports(&self) -> Option<&[ComponentFunction]> {
+        self.component_exports.as_deref()
+    }
+
     fn instantiate(&self, persistent: bool) -> Result<Box<dyn Instance>, CallError> {
-        let sandbox = self
+        let cannot = |e: hyperlight_wasm::Error| {
+            CallError::new(
+                ErrorKind::Internal,
+                format!("cannot create a sandbox: {}", chain(&e)),
+            )
+        };
+        let runtime = self
             .builder
             .clone()
             .with_persistent_state(persistent)
             .build()
             .and_then(|sandbox| sandbox.load_runtime())
-            .and_then(|sandbox| sandbox.load_module_from_buffer(&self.module))
-            .map_err(|e| {
-                CallError::new(
-                    ErrorKind::Internal,
-                    format!("cannot create a sandbox: {}", chain(&e)),
-                )
-            })?;
+            .map_err(cannot)?;
+        if self.component_exports.is_some() {
+            let component = runtime
+                .load_component_from_buffer(&self.module)
+                .map_err(cannot)?;
+            return Ok(Box::new(ComponentInstance(component)));
+        }
+        let sandbox = runtime
+            .load_module_from_buffer(&self.module)
+            .map_err(cannot)?;
         Ok(Box::new(SandboxInstance(sandbox)))
+    }
+}
+
+struct ComponentInstance(LoadedComponentSandbox);
+
+impl Instance for ComponentInstance {
+    fn call(
+        &mut self,
+        function: &str,
+        _: &[ParameterValue],
+        _: ReturnType,
+    ) -> Result<ReturnValue, CallError> {
+        Err(CallError::new(
+            ErrorKind::Internal,
+            format!("a core module call of `{function}` on a component"),
+        ))
+    }
+
+    fn call_component(&mut self, function: &str, args: &[Val]) -> Result<Vec<Val>, CallError> {
+        Ok(self.0.call(function, args)?)
+    }
+
+    fn is_broken(&self) -> bool {
+        self.0.is_poisoned()
     }
 }
 
@@ -300,7 +356,10 @@ pub fn serve(options: ServeOptions) -> Result<(), CliError> {
         tracing::info!(
             module = name,
             path = %path.display(),
-            exports = backend.exports().len(),
+            exports = backend
+                .component_exports()
+                .map_or(backend.exports().len(), <[_]>::len),
+            component = backend.component_exports().is_some(),
             "module"
         );
         modules.push((name, Arc::new(backend)));

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use hyperlight_wasm::component::{ComponentFunction, Val};
 use hyperlight_wasm::{ExportedFunction, ParameterValue, ReturnType, ReturnValue};
 use tokio::sync::oneshot;
 
@@ -21,6 +22,11 @@ use crate::cli::Strategy;
 pub trait Backend: Send + Sync + 'static {
     /// The module's exported functions.
     fn exports(&self) -> &[ExportedFunction];
+
+    /// A component's exported functions (`None` for a core module).
+    fn component_exports(&self) -> Option<&[ComponentFunction]> {
+        None
+    }
 
     /// A new instance, made on the worker thread that will use it:
     /// `persistent` keeps its state across calls, else each call starts
@@ -38,16 +44,49 @@ pub trait Instance {
         result: ReturnType,
     ) -> Result<ReturnValue, CallError>;
 
+    /// Calls a component's `function` (only instances of a backend with
+    /// [`Backend::component_exports`] have any).
+    fn call_component(&mut self, function: &str, args: &[Val]) -> Result<Vec<Val>, CallError> {
+        let _ = (function, args);
+        Err(CallError::new(
+            ErrorKind::Internal,
+            "a component call on a module's instance",
+        ))
+    }
+
     /// Whether it must be replaced before another call.
     fn is_broken(&self) -> bool;
+}
+
+/// What a call passes: a module's typed arguments and result type, or a
+/// component's values.
+#[derive(Debug)]
+pub enum CallArgs {
+    /// A core module's export.
+    Module {
+        /// The arguments.
+        args: Vec<ParameterValue>,
+        /// The result type.
+        result: ReturnType,
+    },
+    /// A component's export.
+    Component(Vec<Val>),
+}
+
+/// What a call returned.
+#[derive(Debug)]
+pub enum Answer {
+    /// A core module's result.
+    Module(ReturnValue),
+    /// A component's results.
+    Component(Vec<Val>),
 }
 
 /// A call waiting for a sandbox.
 struct Job {
     function: String,
-    args: Vec<ParameterValue>,
-    result: ReturnType,
-    reply: oneshot::Sender<Result<ReturnValue, CallError>>,
+    args: CallArgs,
+    reply: oneshot::Sender<Result<Answer, CallError>>,
     /// Counts the call as admitted until it is answered (dropped).
     admitted: Admitted,
 }
@@ -157,14 +196,18 @@ impl ModulePool {
         self.backend.exports()
     }
 
+    /// A component's exported functions (`None` for a core module).
+    pub fn component_exports(&self) -> Option<&[ComponentFunction]> {
+        self.backend.component_exports()
+    }
+
     /// Queues a call; `Overloaded` if the module has as many calls as it
     /// admits.
     pub fn submit(
         &self,
         function: String,
-        args: Vec<ParameterValue>,
-        result: ReturnType,
-    ) -> Result<oneshot::Receiver<Result<ReturnValue, CallError>>, CallError> {
+        args: CallArgs,
+    ) -> Result<oneshot::Receiver<Result<Answer, CallError>>, CallError> {
         let queue = self.queue.as_ref().ok_or_else(shutting_down)?;
         // Counted only if under the limit: a refused call never takes a
         // place another could have had.
@@ -178,7 +221,6 @@ impl ModulePool {
         let job = Job {
             function,
             args,
-            result,
             reply,
             admitted,
         };
@@ -259,8 +301,13 @@ impl Worker {
             let (answer, kept) = match current {
                 Err(e) => (Err(e), None),
                 Ok(mut current) => {
-                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                        current.call(&job.function, &job.args, job.result)
+                    let answer = std::panic::catch_unwind(AssertUnwindSafe(|| match &job.args {
+                        CallArgs::Module { args, result } => current
+                            .call(&job.function, args, *result)
+                            .map(Answer::Module),
+                        CallArgs::Component(args) => current
+                            .call_component(&job.function, args)
+                            .map(Answer::Component),
                     }));
                     match answer {
                         Ok(answer) => {

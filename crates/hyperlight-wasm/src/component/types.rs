@@ -250,7 +250,7 @@ impl Reader {
 impl Type {
     /// The type as WIT writes it, cut short after a few hundred bytes (for
     /// messages: a type can be very large).
-    fn short(&self) -> String {
+    pub fn short(&self) -> String {
         const LIMIT: usize = 200;
         struct Bounded(String);
         impl fmt::Write for Bounded {
