@@ -481,3 +481,55 @@ fn malformed_components_and_the_wrong_loader_are_refused_with_reasons() {
         "{e:?}"
     );
 }
+
+#[test]
+fn kill_stops_a_spinning_component_from_another_thread() {
+    require_kvm();
+    let wat = r#"(component
+      (import "started" (func $started))
+      (core func $started_core (canon lower (func $started)))
+      (core module $m
+        (import "host" "started" (func $started))
+        (func (export "spin") (call $started) (loop $l (br $l)))
+        (func (export "one") (result i32) (i32.const 1)))
+      (core instance $i (instantiate $m
+        (with "host" (instance (export "started" (func $started_core))))))
+      (func (export "spin") (canon lift (core func $i "spin")))
+      (func (export "one") (result u32) (canon lift (core func $i "one"))))"#;
+    let (started, in_guest) = std::sync::mpsc::channel::<()>();
+    let mut proto = SandboxBuilder::new()
+        .with_max_execution_time(std::time::Duration::from_secs(60))
+        .build()
+        .unwrap();
+    proto
+        .register_component_typed("", "started", move |()| {
+            let _ = started.send(());
+        })
+        .unwrap();
+    let mut sandbox = load(proto, wat).unwrap();
+    let handle = sandbox.interrupt_handle();
+    let killer = std::thread::spawn(move || {
+        let mut kills = 0;
+        while in_guest.recv().is_ok() {
+            // The call is in the guest now: kill waits until it stopped.
+            assert!(handle.kill());
+            kills += 1;
+        }
+        kills
+    });
+    for _ in 0..20 {
+        let e = sandbox.call("spin", &[]).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::ExecutionCancelledByHost {
+                    reason: hyperlight_wasm::CancelReason::Killed
+                }
+            ),
+            "{e:?}"
+        );
+        assert_eq!(sandbox.call_typed::<_, u32>("one", ()).unwrap(), 1);
+    }
+    drop(sandbox);
+    assert_eq!(killer.join().unwrap(), 20);
+}

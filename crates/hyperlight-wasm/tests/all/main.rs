@@ -15,6 +15,7 @@ mod host_functions;
 mod images;
 mod lifecycle;
 mod resources;
+mod rust_component;
 mod samples;
 mod strings;
 mod values;
