@@ -67,9 +67,14 @@ fn wave_type(ty: &Type) -> Result<WaveType, String> {
 }
 
 /// A parsed WAVE value as the library's.
-fn from_wave(value: &Value) -> Val {
-    let boxed = |v: Option<Cow<'_, Value>>| v.map(|v| Box::new(from_wave(&v)));
-    match value.kind() {
+fn from_wave(value: &Value) -> Result<Val, String> {
+    let boxed = |v: Option<Cow<'_, Value>>| -> Result<Option<Box<Val>>, String> {
+        v.map(|v| from_wave(&v).map(Box::new)).transpose()
+    };
+    let list = |items: Box<dyn Iterator<Item = Cow<'_, Value>> + '_>| {
+        items.map(|v| from_wave(&v)).collect::<Result<Vec<_>, _>>()
+    };
+    Ok(match value.kind() {
         WasmTypeKind::Bool => Val::Bool(value.unwrap_bool()),
         WasmTypeKind::S8 => Val::S8(value.unwrap_s8()),
         WasmTypeKind::U8 => Val::U8(value.unwrap_u8()),
@@ -83,28 +88,31 @@ fn from_wave(value: &Value) -> Val {
         WasmTypeKind::F64 => Val::Float64(value.unwrap_f64()),
         WasmTypeKind::Char => Val::Char(value.unwrap_char()),
         WasmTypeKind::String => Val::String(value.unwrap_string().into_owned()),
-        WasmTypeKind::List => Val::List(value.unwrap_list().map(|v| from_wave(&v)).collect()),
+        WasmTypeKind::List => Val::List(list(value.unwrap_list())?),
         WasmTypeKind::Record => Val::Record(
             value
                 .unwrap_record()
-                .map(|(name, v)| (name.into_owned(), from_wave(&v)))
-                .collect(),
+                .map(|(name, v)| Ok((name.into_owned(), from_wave(&v)?)))
+                .collect::<Result<_, String>>()?,
         ),
-        WasmTypeKind::Tuple => Val::Tuple(value.unwrap_tuple().map(|v| from_wave(&v)).collect()),
+        WasmTypeKind::Tuple => Val::Tuple(list(value.unwrap_tuple())?),
         WasmTypeKind::Variant => {
             let (case, payload) = value.unwrap_variant();
-            Val::Variant(case.into_owned(), boxed(payload))
+            Val::Variant(case.into_owned(), boxed(payload)?)
         }
         WasmTypeKind::Enum => Val::Enum(value.unwrap_enum().into_owned()),
-        WasmTypeKind::Option => Val::Option(boxed(value.unwrap_option())),
+        WasmTypeKind::Option => Val::Option(boxed(value.unwrap_option())?),
         WasmTypeKind::Result => Val::Result(match value.unwrap_result() {
-            Ok(v) => Ok(boxed(v)),
-            Err(v) => Err(boxed(v)),
+            Ok(v) => Ok(boxed(v)?),
+            Err(v) => Err(boxed(v)?),
         }),
         WasmTypeKind::Flags => Val::Flags(value.unwrap_flags().map(Cow::into_owned).collect()),
-        // `wave_type` builds no other kind, and values parse to their type.
-        _ => Val::Bool(false),
-    }
+        other => {
+            return Err(format!(
+                "a WAVE value of kind {other:?}, which has no WIT form here"
+            ));
+        }
+    })
 }
 
 /// The library's value of type `ty` as WAVE's (the library checked it
@@ -248,7 +256,12 @@ pub(crate) fn parse_call(
                 .collect::<Result<_, _>>()?
         }
     };
-    Ok((export, values.iter().map(from_wave).collect()))
+    // Results that cannot be printed are refused before the call runs.
+    for ty in &export.ty.results {
+        wave_type(ty).map_err(|e| format!("`{name}` returns what WAVE cannot print: {e}"))?;
+    }
+    let values = values.iter().map(from_wave).collect::<Result<_, _>>()?;
+    Ok((export, values))
 }
 
 /// `results` of `export`, in WAVE: one per line.
@@ -270,7 +283,7 @@ mod tests {
 
     fn round_trip(ty: &Type, text: &str) -> Val {
         let value: Value = wasm_wave::from_str(&wave_type(ty).unwrap(), text).unwrap();
-        let val = from_wave(&value);
+        let val = from_wave(&value).unwrap();
         let back = wasm_wave::to_string(&to_wave(&val, ty).unwrap()).unwrap();
         assert_eq!(back, text, "{ty}");
         val

@@ -97,7 +97,7 @@ fn call_host(
 }
 
 /// The most resources a component may have handed to the host at once.
-pub const MAX_RESOURCES: usize = 4096;
+use hyperlight_wasm_protocol::component::MAX_HELD_RESOURCES as MAX_RESOURCES;
 
 /// The resources a component's exports returned, held for the host, which
 /// names them by number. Numbers are never reused while the state lasts.

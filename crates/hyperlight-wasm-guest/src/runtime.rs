@@ -86,13 +86,6 @@ pub struct Limits {
     pub wasi: crate::wasi_p2::Table,
 }
 
-impl Limits {
-    /// The most memory the module or component may have.
-    pub fn max_memory(&self) -> usize {
-        self.max_memory
-    }
-}
-
 impl wasmtime::ResourceLimiter for Limits {
     fn memory_growing(
         &mut self,

@@ -35,8 +35,8 @@ use crate::runtime::Limits;
 /// The most resources a component may hold at once.
 pub const MAX_HANDLES: usize = 4096;
 
-/// How many bytes of directory entries one listing asks the host for.
-const DIRENT_BATCH: u32 = 4096;
+/// The most random bytes one call may ask for.
+const MAX_RANDOM_BYTES: u64 = 1 << 20;
 
 // WASI preview 1 errnos the host answers with, as WASI 0.2 names them.
 const ERRNO_NAMES: &[(u16, &str)] = &[
@@ -56,7 +56,9 @@ const ERRNO_NAMES: &[(u16, &str)] = &[
     (29, "io"),
     (31, "is-directory"),
     (32, "loop"),
-    (33, "too-many-links"),
+    // EMFILE: WASI 0.2 has no code of its own for "too many open files".
+    (33, "insufficient-memory"),
+    (34, "too-many-links"),
     (35, "message-size"),
     (37, "name-too-long"),
     (43, "no-device"),
@@ -137,15 +139,36 @@ enum Entry {
         message: String,
         errno: Option<u16>,
     },
-    /// A host descriptor; preopened ones stay open when dropped.
+    /// A host descriptor; preopened ones stay open when dropped. It may
+    /// not be dropped while streams or listings made from it live.
     Descriptor {
         fd: u32,
         preopen: bool,
+        flags: Access,
+        children: u32,
     },
     Entries(Entries),
 }
 
+/// What a descriptor was opened for (WASI 0.2's `descriptor-flags`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Access {
+    read: bool,
+    write: bool,
+    mutate: bool,
+}
+
 impl Entry {
+    /// The descriptor a stream or listing was made from.
+    fn parent(&self) -> Option<u32> {
+        match self {
+            Entry::Input(Input::File { parent, .. })
+            | Entry::Output(Output::File { parent, .. }) => Some(*parent),
+            Entry::Entries(entries) => Some(entries.parent),
+            _ => None,
+        }
+    }
+
     fn kind(&self) -> Kind {
         match self {
             Entry::Pollable { .. } => Kind::Pollable,
@@ -161,7 +184,7 @@ impl Entry {
 #[derive(Debug, Clone, Copy)]
 enum Input {
     Stdin,
-    File { fd: u32, offset: u64 },
+    File { fd: u32, offset: u64, parent: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -172,12 +195,16 @@ enum Output {
     File {
         fd: u32,
         offset: Option<u64>,
+        parent: u32,
     },
+    /// A write failed: the stream is closed.
+    Closed,
 }
 
 #[derive(Debug)]
 struct Entries {
     fd: u32,
+    parent: u32,
     cookie: u64,
     pending: VecDeque<Dirent>,
     done: bool,
@@ -213,6 +240,10 @@ impl Table {
             Some(Some(entry)) if entry.kind() == kind => Ok(entry),
             _ => Err(fault(format_args!("no WASI {kind:?} with handle {rep}"))),
         }
+    }
+
+    fn peek(&self, rep: u32) -> Option<&Entry> {
+        self.entries.get(rep as usize)?.as_ref()
     }
 
     fn remove(&mut self, rep: u32) -> Option<Entry> {
@@ -285,9 +316,33 @@ pub fn define(
 }
 
 fn drop_handle(store: &mut Cx<'_>, rep: u32) -> wasmtime::Result<()> {
-    if let Some(Entry::Descriptor { fd, preopen: false }) = store.data_mut().wasi.remove(rep) {
-        // A failed close leaves nothing for the component to do.
-        let _ = fs::host(FsCall::Close { fd })?;
+    let table = &mut store.data_mut().wasi;
+    if let Some(Entry::Descriptor { children, .. }) = table.peek(rep)
+        && *children > 0
+    {
+        // As wasmtime: a child would go on using the descriptor's number,
+        // which the host gives the next file opened.
+        return Err(fault(format_args!(
+            "the component dropped a descriptor while {children} stream(s) or listing(s) \
+             made from it are alive"
+        )));
+    }
+    match table.remove(rep) {
+        Some(Entry::Descriptor {
+            fd, preopen: false, ..
+        }) => {
+            // A failed close leaves nothing for the component to do.
+            let _ = fs::host(FsCall::Close { fd })?;
+        }
+        Some(child) => {
+            if let Some(parent) = child.parent()
+                && let Ok(Entry::Descriptor { children, .. }) =
+                    table.get(parent, Kind::Descriptor)
+            {
+                *children = children.saturating_sub(1);
+            }
+        }
+        None => {}
     }
     Ok(())
 }
@@ -643,13 +698,14 @@ fn wall_resolution(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::
 
 /// `len` random bytes from the host, in pieces that fit a message; no
 /// more than the component's memory could hold.
-fn random(cx: &Cx<'_>, len: u64) -> wasmtime::Result<Vec<u8>> {
+fn random(len: u64) -> wasmtime::Result<Vec<u8>> {
     let len = usize::try_from(len)
         .ok()
-        .filter(|len| *len <= cx.data().max_memory())
+        .filter(|_| len <= MAX_RANDOM_BYTES)
         .ok_or_else(|| {
             fault(format_args!(
-                "the component asked for {len} random bytes, more than its memory limit"
+                "the component asked for {len} random bytes in one call, more than the \
+                 {MAX_RANDOM_BYTES} a sandbox gives"
             ))
         })?;
     let mut out = Vec::with_capacity(len);
@@ -672,26 +728,26 @@ fn random(cx: &Cx<'_>, len: u64) -> wasmtime::Result<Vec<u8>> {
     Ok(out)
 }
 
-fn random_u64_value(cx: &Cx<'_>) -> wasmtime::Result<u64> {
-    let raw = random(cx, 8)?;
+fn random_u64_value() -> wasmtime::Result<u64> {
+    let raw = random(8)?;
     let mut word = [0u8; 8];
     word.copy_from_slice(&raw);
     Ok(u64::from_le_bytes(word))
 }
 
-fn random_bytes(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let raw = random(cx, u64_param(params, 0)?)?;
+fn random_bytes(_: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    let raw = random(u64_param(params, 0)?)?;
     set(results, bytes(raw))
 }
 
-fn random_u64(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    set(results, Val::U64(random_u64_value(cx)?))
+fn random_u64(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+    set(results, Val::U64(random_u64_value()?))
 }
 
-fn insecure_seed(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
+fn insecure_seed(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
     let seed = Val::Tuple(vec![
-        Val::U64(random_u64_value(cx)?),
-        Val::U64(random_u64_value(cx)?),
+        Val::U64(random_u64_value()?),
+        Val::U64(random_u64_value()?),
     ]);
     set(results, seed)
 }
@@ -817,7 +873,7 @@ fn read_input(cx: &mut Cx<'_>, params: &[Val], len: u64) -> wasmtime::Result<Res
                 .into());
             }
         },
-        Input::File { fd, offset } => match fs::host(FsCall::Read {
+        Input::File { fd, offset, .. } => match fs::host(FsCall::Read {
             fd,
             max,
             offset: Some(offset),
@@ -866,8 +922,11 @@ fn input_skip(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime:
 }
 
 fn check_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    entry(cx, params, Kind::OutputStream)?;
-    set(results, ok(Some(Val::U64(host::transfer_limit() as u64))))
+    let permit = match entry(cx, params, Kind::OutputStream)? {
+        Entry::Output(Output::Closed) => err(closed()),
+        _ => ok(Some(Val::U64(host::transfer_limit() as u64))),
+    };
+    set(results, permit)
 }
 
 /// Writes `data` to the stream in parameter 0.
@@ -876,7 +935,7 @@ fn write_output(cx: &mut Cx<'_>, params: &[Val], data: &[u8]) -> wasmtime::Resul
     let Entry::Output(output) = *cx.data_mut().wasi.get(rep, Kind::OutputStream)? else {
         return Err(wrong_param(0));
     };
-    let (fd, mut offset) = match output {
+    let (fd, start) = match output {
         Output::Stdout => {
             print(data, false)?;
             return Ok(ok(None));
@@ -885,15 +944,48 @@ fn write_output(cx: &mut Cx<'_>, params: &[Val], data: &[u8]) -> wasmtime::Resul
             print(data, true)?;
             return Ok(ok(None));
         }
-        Output::File { fd, offset } => (fd, offset),
+        Output::Closed => return Ok(err(closed())),
+        Output::File { fd, offset, .. } => (fd, offset),
     };
+    let (offset, failed) = write_file(fd, start, data)?;
+    // The offset moves past what was written, even when a piece failed;
+    // after a failure the stream is closed, as WASI 0.2 says.
+    let stream = cx.data_mut().wasi.get(rep, Kind::OutputStream)?;
+    match failed {
+        None => {
+            if let Entry::Output(Output::File { offset: stored, .. }) = stream {
+                *stored = offset;
+            }
+            Ok(ok(None))
+        }
+        Some(errno) => {
+            *stream = Entry::Output(Output::Closed);
+            let errno = u16::try_from(errno).ok();
+            let failed = stream_failed(
+                cx,
+                format!("writing the file failed (WASI errno {errno:?})"),
+                errno,
+            )?;
+            Ok(err(failed))
+        }
+    }
+}
+
+/// Writes `data` to `fd` at `offset` (at its end when `None`), in pieces
+/// that fit a message: the offset after what was written, and the errno of
+/// a piece that failed.
+fn write_file(
+    fd: u32,
+    mut offset: Option<u64>,
+    data: &[u8],
+) -> wasmtime::Result<(Option<u64>, Option<i32>)> {
     for piece in data.chunks(host::transfer_limit().max(1)) {
         let at = match offset {
             Some(at) => at,
             None => match fs::host(FsCall::FilestatGet { fd })? {
                 Ok(FsReply::Filestat(stat)) => stat.size,
                 Ok(other) => return Err(fs::wrong(&other)),
-                Err(errno) => return write_failed(cx, errno),
+                Err(errno) => return Ok((offset, Some(errno))),
             },
         };
         let written = match fs::host(FsCall::Write {
@@ -903,35 +995,29 @@ fn write_output(cx: &mut Cx<'_>, params: &[Val], data: &[u8]) -> wasmtime::Resul
         })? {
             Ok(FsReply::Count(n)) if n as usize <= piece.len() => n,
             Ok(other) => return Err(fs::wrong(&other)),
-            Err(errno) => return write_failed(cx, errno),
+            Err(errno) => return Ok((offset, Some(errno))),
         };
         if let Some(at) = offset.as_mut() {
             *at = at.saturating_add(u64::from(written));
         }
         if (written as usize) < piece.len() {
-            return write_failed(cx, 29);
+            // EIO: the host wrote less than asked.
+            return Ok((offset, Some(29)));
         }
     }
-    if let Entry::Output(Output::File { offset: stored, .. }) =
-        cx.data_mut().wasi.get(rep, Kind::OutputStream)?
-    {
-        *stored = offset;
-    }
-    Ok(ok(None))
-}
-
-fn write_failed(cx: &mut Cx<'_>, errno: i32) -> wasmtime::Result<Val> {
-    let errno = u16::try_from(errno).ok();
-    let failed = stream_failed(
-        cx,
-        format!("writing the file failed (WASI errno {errno:?})"),
-        errno,
-    )?;
-    Ok(err(failed))
+    Ok((offset, None))
 }
 
 fn output_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
     let data = bytes_param(params, 1)?;
+    if data.len() > host::transfer_limit() {
+        return Err(fault(format_args!(
+            "the component wrote {} bytes to a stream at once, more than `check-write` allows \
+             ({})",
+            data.len(),
+            host::transfer_limit()
+        )));
+    }
     let result = write_output(cx, params, &data)?;
     set(results, result)
 }
@@ -962,11 +1048,44 @@ fn output_flush(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtim
 // ---- wasi:filesystem ----
 
 fn descriptor(cx: &mut Cx<'_>, params: &[Val], i: usize) -> wasmtime::Result<u32> {
+    Ok(descriptor_of(cx, params, i)?.1)
+}
+
+/// The descriptor in parameter `i`: its handle, host descriptor and access.
+fn descriptor_of(
+    cx: &mut Cx<'_>,
+    params: &[Val],
+    i: usize,
+) -> wasmtime::Result<(u32, u32, Access)> {
     let rep = rep_param(cx, params, i, Kind::Descriptor)?;
     match cx.data_mut().wasi.get(rep, Kind::Descriptor)? {
-        Entry::Descriptor { fd, .. } => Ok(*fd),
+        Entry::Descriptor { fd, flags, .. } => Ok((rep, *fd, *flags)),
         _ => Err(wrong_param(i)),
     }
+}
+
+/// A directory descriptor the component may change (`mutate-directory`),
+/// or `not-permitted`.
+fn mutable_dir(cx: &mut Cx<'_>, params: &[Val]) -> wasmtime::Result<Result<u32, Val>> {
+    let (_, fd, access) = descriptor_of(cx, params, 0)?;
+    Ok(if access.mutate {
+        Ok(fd)
+    } else {
+        Err(Val::Enum(String::from("not-permitted")))
+    })
+}
+
+/// A new stream or listing made from the descriptor `parent`.
+fn own_child(cx: &mut Cx<'_>, parent: u32, entry: Entry) -> wasmtime::Result<Val> {
+    let handle = own(cx, entry)?;
+    if let Entry::Descriptor { children, .. } = cx.data_mut().wasi.get(parent, Kind::Descriptor)? {
+        *children += 1;
+    }
+    Ok(handle)
+}
+
+fn bad_descriptor() -> Val {
+    Val::Enum(String::from("bad-descriptor"))
 }
 
 /// Sets `results[0]` to `ok(value)` or `err(error-code)`.
@@ -994,7 +1113,24 @@ fn get_directories(cx: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime:
             Ok(other) => return Err(fs::wrong(&other)),
             Err(_) => break,
         };
-        let handle = own(cx, Entry::Descriptor { fd, preopen: true })?;
+        // A read-only preopen lacks the rights that change a directory.
+        let mutate = match fdstat(fd)? {
+            Ok((_, rights)) => rights & RIGHT_MUTATE_DIRECTORY != 0,
+            Err(_) => false,
+        };
+        let handle = own(
+            cx,
+            Entry::Descriptor {
+                fd,
+                preopen: true,
+                flags: Access {
+                    read: true,
+                    write: false,
+                    mutate,
+                },
+                children: 0,
+            },
+        )?;
         dirs.push(Val::Tuple(vec![handle, Val::String(name)]));
     }
     set(results, Val::List(dirs))
@@ -1013,28 +1149,47 @@ fn filesystem_error_code(
 }
 
 fn read_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (parent, fd, access) = descriptor_of(cx, params, 0)?;
     let offset = u64_param(params, 1)?;
-    let stream = own(cx, Entry::Input(Input::File { fd, offset }))?;
+    if !access.read {
+        return answer(results, Err(bad_descriptor()));
+    }
+    let stream = own_child(cx, parent, Entry::Input(Input::File { fd, offset, parent }))?;
     answer(results, Ok(Some(stream)))
 }
 
 fn write_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (parent, fd, access) = descriptor_of(cx, params, 0)?;
     let offset = u64_param(params, 1)?;
-    let stream = own(
+    if !access.write {
+        return answer(results, Err(bad_descriptor()));
+    }
+    let stream = own_child(
         cx,
+        parent,
         Entry::Output(Output::File {
             fd,
             offset: Some(offset),
+            parent,
         }),
     )?;
     answer(results, Ok(Some(stream)))
 }
 
 fn append_via_stream(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
-    let stream = own(cx, Entry::Output(Output::File { fd, offset: None }))?;
+    let (parent, fd, access) = descriptor_of(cx, params, 0)?;
+    if !access.write {
+        return answer(results, Err(bad_descriptor()));
+    }
+    let stream = own_child(
+        cx,
+        parent,
+        Entry::Output(Output::File {
+            fd,
+            offset: None,
+            parent,
+        }),
+    )?;
     answer(results, Ok(Some(stream)))
 }
 
@@ -1052,19 +1207,18 @@ fn fdstat(fd: u32) -> wasmtime::Result<Result<(u8, u64), Val>> {
 }
 
 fn get_flags(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
-    let flags = fdstat(fd)?.map(|(filetype, rights)| {
-        let mut flags = vec![String::from("read")];
-        if filetype == 3 {
-            if rights & RIGHT_MUTATE_DIRECTORY != 0 {
-                flags.push(String::from("mutate-directory"));
-            }
-        } else if rights & RIGHT_WRITE != 0 {
-            flags.push(String::from("write"));
+    let (_, _, access) = descriptor_of(cx, params, 0)?;
+    let mut flags = Vec::new();
+    for (set, name) in [
+        (access.read, "read"),
+        (access.write, "write"),
+        (access.mutate, "mutate-directory"),
+    ] {
+        if set {
+            flags.push(String::from(name));
         }
-        Some(Val::Flags(flags))
-    });
-    answer(results, flags)
+    }
+    answer(results, Ok(Some(Val::Flags(flags))))
 }
 
 fn descriptor_type(filetype: u8) -> Val {
@@ -1095,13 +1249,19 @@ fn done(call: FsCall) -> wasmtime::Result<Result<Option<Val>, Val>> {
 }
 
 fn set_size(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (_, fd, access) = descriptor_of(cx, params, 0)?;
+    if !access.write {
+        return answer(results, Err(bad_descriptor()));
+    }
     let size = u64_param(params, 1)?;
     answer(results, done(FsCall::SetSize { fd, size })?)
 }
 
 fn descriptor_read(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (_, fd, access) = descriptor_of(cx, params, 0)?;
+    if !access.read {
+        return answer(results, Err(bad_descriptor()));
+    }
     let len = u64_param(params, 1)?;
     let offset = u64_param(params, 2)?;
     let max = u32::try_from(len.min(host::transfer_limit() as u64)).unwrap_or(u32::MAX);
@@ -1121,7 +1281,10 @@ fn descriptor_read(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasm
 }
 
 fn descriptor_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (_, fd, access) = descriptor_of(cx, params, 0)?;
+    if !access.write {
+        return answer(results, Err(bad_descriptor()));
+    }
     let data = bytes_param(params, 1)?;
     let offset = u64_param(params, 2)?;
     let mut written = 0u64;
@@ -1146,12 +1309,14 @@ fn descriptor_write(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> was
 }
 
 fn read_directory(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (parent, fd, _) = descriptor_of(cx, params, 0)?;
     let result = match fdstat(fd)? {
-        Ok((3, _)) => Ok(Some(own(
+        Ok((3, _)) => Ok(Some(own_child(
             cx,
+            parent,
             Entry::Entries(Entries {
                 fd,
+                parent,
                 cookie: 0,
                 pending: VecDeque::new(),
                 done: false,
@@ -1188,7 +1353,9 @@ fn read_directory_entry(
         match fs_call(FsCall::Readdir {
             fd: entries.fd,
             cookie: entries.cookie,
-            max: DIRENT_BATCH,
+            // As much as a message carries: the host lists the directory
+            // again for each batch.
+            max: u32::try_from(host::transfer_limit()).unwrap_or(u32::MAX),
         })? {
             Ok(FsReply::Dirents(batch)) => {
                 match batch.last() {
@@ -1219,7 +1386,10 @@ fn create_directory_at(
     params: &[Val],
     results: &mut [Val],
 ) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let fd = match mutable_dir(cx, params)? {
+        Ok(fd) => fd,
+        Err(e) => return answer(results, Err(e)),
+    };
     let path = str_param(params, 1)?.to_owned();
     answer(results, done(FsCall::CreateDirectory { fd, path })?)
 }
@@ -1265,7 +1435,7 @@ fn stat_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Re
 }
 
 fn open_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let (_, fd, parent) = descriptor_of(cx, params, 0)?;
     let follow = follows(params, 1)?;
     let path = str_param(params, 2)?.to_owned();
     let mut oflags = 0u16;
@@ -1279,15 +1449,29 @@ fn open_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Re
         };
     }
     let (mut rights, mut fdflags) = (0u64, 0u16);
+    let mut access = Access::default();
     for flag in flags_param(params, 4)? {
         match flag.as_str() {
-            "read" => rights |= RIGHTS_READ,
-            "write" => rights |= RIGHT_WRITE,
+            "read" => {
+                rights |= RIGHTS_READ;
+                access.read = true;
+            }
+            "write" => {
+                rights |= RIGHT_WRITE;
+                access.write = true;
+            }
+            "mutate-directory" => access.mutate = true,
             "data-integrity-sync" => fdflags |= 2,
             "requested-write-sync" => fdflags |= 8,
             "file-integrity-sync" => fdflags |= 16,
             _ => {}
         }
+    }
+    // As WASI 0.2 says: writing, changing a directory, creating and
+    // truncating all need a directory the component may change.
+    let changes = access.write || access.mutate || oflags & (1 | 8) != 0;
+    if changes && !parent.mutate {
+        return answer(results, Err(Val::Enum(String::from("not-permitted"))));
     }
     let opened = match fs_call(FsCall::Open {
         fd,
@@ -1302,6 +1486,8 @@ fn open_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Re
             Entry::Descriptor {
                 fd: new,
                 preopen: false,
+                flags: access,
+                children: 0,
             },
         )?)),
         Ok(other) => return Err(fs::wrong(&other)),
@@ -1326,21 +1512,33 @@ fn remove_directory_at(
     params: &[Val],
     results: &mut [Val],
 ) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let fd = match mutable_dir(cx, params)? {
+        Ok(fd) => fd,
+        Err(e) => return answer(results, Err(e)),
+    };
     let path = str_param(params, 1)?.to_owned();
     answer(results, done(FsCall::RemoveDirectory { fd, path })?)
 }
 
 fn unlink_file_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let fd = match mutable_dir(cx, params)? {
+        Ok(fd) => fd,
+        Err(e) => return answer(results, Err(e)),
+    };
     let path = str_param(params, 1)?.to_owned();
     answer(results, done(FsCall::UnlinkFile { fd, path })?)
 }
 
 fn rename_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let fd = match mutable_dir(cx, params)? {
+        Ok(fd) => fd,
+        Err(e) => return answer(results, Err(e)),
+    };
     let old = str_param(params, 1)?.to_owned();
-    let new_fd = descriptor(cx, params, 2)?;
+    let (_, new_fd, new_access) = descriptor_of(cx, params, 2)?;
+    if !new_access.mutate {
+        return answer(results, Err(Val::Enum(String::from("not-permitted"))));
+    }
     let new = str_param(params, 3)?.to_owned();
     answer(
         results,
@@ -1354,7 +1552,10 @@ fn rename_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::
 }
 
 fn symlink_at(cx: &mut Cx<'_>, params: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
-    let fd = descriptor(cx, params, 0)?;
+    let fd = match mutable_dir(cx, params)? {
+        Ok(fd) => fd,
+        Err(e) => return answer(results, Err(e)),
+    };
     let old = str_param(params, 1)?.to_owned();
     let new = str_param(params, 2)?.to_owned();
     answer(results, done(FsCall::Symlink { old, fd, new })?)

@@ -69,6 +69,11 @@ pub enum Val {
     Resource(ResourceHandle),
 }
 
+/// The most resources a sandbox holds for the host at once (what a
+/// component's exports returned and the host has not given back or
+/// dropped).
+pub const MAX_HELD_RESOURCES: usize = 4096;
+
 /// A resource a component made, as the sandbox that holds it handed it out.
 ///
 /// The component's resources stay inside the sandbox: the host holds only

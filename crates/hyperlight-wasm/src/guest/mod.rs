@@ -56,6 +56,7 @@ use crate::vm::interrupt::InterruptHandle;
 use crate::vm::reaper::Reaped;
 use crate::vm::snapshot::{Sharing, Snapshot};
 use crate::vm::{GuestExit, Vm};
+use hyperlight_wasm_protocol::component::MAX_HELD_RESOURCES;
 
 /// A guest VM, the host's side of its imports, and the state of the
 /// conversation with it.
@@ -77,9 +78,8 @@ pub(crate) struct Guest {
     exports: Option<Arc<Exports>>,
     /// The loaded component, if a component (not a module) is loaded.
     component: Option<Arc<CompiledComponent>>,
-    /// The resources the component handed out in the current state: the
-    /// state's epoch and, by the guest's number, each one's resource name.
-    resources: (u64, HashMap<u64, String>),
+    /// The resources the component handed out in the current state.
+    resources: LiveResources,
     /// Whether the current request stopped the guest in the middle (at an
     /// out-call).
     mid_request: bool,
@@ -128,7 +128,7 @@ impl Guest {
             module_snapshot: None,
             exports: None,
             component: None,
-            resources: (0, HashMap::new()),
+            resources: LiveResources::default(),
             mid_request: false,
             state_private: false,
             abi: ModuleAbi::default(),
@@ -407,33 +407,27 @@ impl Guest {
         // The name is one the component exports (checked above).
         #[cfg(feature = "function_call_metrics")]
         crate::metrics::record_guest_call(function, start.elapsed().as_secs_f64() * 1e6);
-        // wasmtime never enters a component instance again after a call of
-        // it failed (a trap, a host function's error): a persistent sandbox
-        // goes back to the post-load state, where a fresh one already is.
-        if let Err(e) = &result
-            && !reset
-            && e.aftermath() == Aftermath::Clean
-            && let Some(snapshot) = self.reset_target()
-        {
-            let restored = self.vm.restore(&snapshot);
-            let _poisoned_if_failed = self.poison_on_error(restored);
-        }
+        self.after_failed_component_call(reset, &result);
         result
     }
 
     /// The live resources of the current state (forgetting those of an
     /// earlier one).
-    fn live_resources(&mut self) -> &mut HashMap<u64, String> {
+    fn live_resources(&mut self) -> &mut LiveResources {
         let epoch = self.vm.state_epoch();
-        if self.resources.0 != epoch {
-            self.resources = (epoch, HashMap::new());
+        if self.resources.epoch != epoch {
+            self.resources = LiveResources {
+                epoch,
+                ..LiveResources::default()
+            };
         }
-        &mut self.resources.1
+        &mut self.resources
     }
 
     /// Checks that every resource handle in `args` is live in this sandbox's
-    /// current state and of the resource its parameter names, and that none
-    /// is given away twice. Returns the ones passed `own`.
+    /// current state and of the resource its parameter names, that none is
+    /// given away twice, and that none is both lent and given away. Returns
+    /// the ones passed `own`.
     fn check_handles(
         &mut self,
         function: &str,
@@ -446,46 +440,52 @@ impl Guest {
         }
         let epoch = self.vm.state_epoch();
         let live = self.live_resources();
-        let mut given = Vec::new();
+        let invalid = |id: u64, why: &str| Error::InvalidResource {
+            message: format!("resource handle {id} passed to `{function}` {why}"),
+        };
+        let (mut given, mut lent) = (Vec::new(), Vec::new());
         for found in &handles {
             let id = found.handle.id();
-            let refused = |why: String| Error::GuestFunctionParameterTypeMismatch {
-                function: function.to_owned(),
-                message: why,
-            };
             if found.handle.epoch() != epoch {
-                return Err(refused(format!(
-                    "resource handle {id} is not one of this sandbox's current state (handles \
-                     end when the sandbox's state is reset: after every call with fresh state, \
-                     after a restore or a failed call; resources need persistent mode)"
-                )));
+                return Err(invalid(
+                    id,
+                    "is not one of this sandbox's current state (handles end when the \
+                     sandbox's state is reset: after every call with fresh state, after a \
+                     restore or a failed call; resources need persistent mode)",
+                ));
             }
-            match live.get(&id) {
-                Some(resource) if resource == found.resource => {}
-                Some(resource) => {
-                    return Err(refused(format!(
-                        "resource handle {id} is a `{resource}`, not a `{}`",
-                        found.resource
-                    )));
+            match live.types.get(&id) {
+                Some(resource) if *resource == type_key(found.resource) => {}
+                Some(_) => {
+                    return Err(Error::GuestFunctionParameterTypeMismatch {
+                        function: function.to_owned(),
+                        message: format!(
+                            "resource handle {id} is not a `{}`: it is of another resource type",
+                            found.resource
+                        ),
+                    });
                 }
-                None => {
-                    return Err(refused(format!(
-                        "resource handle {id} was dropped or given back to the component"
-                    )));
-                }
+                None => return Err(invalid(id, "was dropped or given back to the component")),
             }
             if found.own {
                 if given.contains(&id) {
-                    return Err(refused(format!("resource handle {id} is given away twice")));
+                    return Err(invalid(id, "is given away twice"));
                 }
                 given.push(id);
+            } else {
+                lent.push(id);
             }
+        }
+        if let Some(id) = given.iter().find(|id| lent.contains(id)) {
+            return Err(invalid(*id, "is both lent and given away"));
         }
         Ok(given)
     }
 
     /// After a call returned: forgets the resources given away, and stamps
-    /// and records those the results hold (new handles, each once).
+    /// and records those the results hold: new handles, in increasing
+    /// numbers (the guest never reuses one), no more than the guest may
+    /// hold.
     fn take_handles(
         &mut self,
         given: &[u64],
@@ -495,25 +495,33 @@ impl Guest {
         let epoch = self.vm.state_epoch();
         let live = self.live_resources();
         for id in given {
-            live.remove(id);
+            live.types.remove(id);
         }
         for (ty, result) in ty.results.iter().zip(results.iter_mut()) {
             let mut handles = Vec::new();
             ty.handles(result, &mut handles);
             for found in &handles {
+                let id = found.handle.id();
                 if !found.own {
                     return Err(errors::unexpected(
                         "resources returned as own",
                         &"a borrowed resource",
                     ));
                 }
-                let id = found.handle.id();
-                if live.insert(id, found.resource.to_owned()).is_some() {
+                if id < live.next {
                     return Err(errors::unexpected(
-                        "a new resource number",
-                        &format!("resource {id} again"),
+                        "a resource number not used before",
+                        &format!("resource {id} (numbers from {} on are new)", live.next),
                     ));
                 }
+                if live.types.len() >= MAX_HELD_RESOURCES {
+                    return Err(errors::unexpected(
+                        "no more resources than the guest may hold",
+                        &format!("a resource past {MAX_HELD_RESOURCES}"),
+                    ));
+                }
+                live.types.insert(id, type_key(found.resource));
+                live.next = id.saturating_add(1);
             }
             stamp(result, epoch);
         }
@@ -525,7 +533,7 @@ impl Guest {
     pub(crate) fn drop_resource(&mut self, handle: ResourceHandle) -> Result<()> {
         let id = handle.id();
         let epoch = self.vm.state_epoch();
-        let known = handle.epoch() == epoch && self.live_resources().contains_key(&id);
+        let known = handle.epoch() == epoch && self.live_resources().types.contains_key(&id);
         if !known {
             let e = Error::InvalidResource {
                 message: format!(
@@ -544,8 +552,24 @@ impl Guest {
                 other => Err(guest.unexpected_response("the resource dropped", other, None)),
             }
         });
-        self.live_resources().remove(&id);
+        self.live_resources().types.remove(&id);
+        self.after_failed_component_call(reset, &result);
         result
+    }
+
+    /// wasmtime never enters a component instance again after a call of it
+    /// failed (a trap, a host function's error, a destructor's trap): a
+    /// persistent sandbox goes back to the post-load state, where a fresh
+    /// one already is.
+    fn after_failed_component_call<T>(&mut self, reset: bool, result: &Result<T>) {
+        if let Err(e) = result
+            && !reset
+            && e.aftermath() == Aftermath::Clean
+            && let Some(snapshot) = self.reset_target()
+        {
+            let restored = self.vm.restore(&snapshot);
+            let _poisoned_if_failed = self.poison_on_error(restored);
+        }
     }
 
     /// The post-runtime image, if the guest is usable and booted.
@@ -940,4 +964,24 @@ fn stamp(val: &mut Val, epoch: u64) {
         }
         _ => {}
     }
+}
+
+/// The resources a component handed out in one state of its sandbox.
+#[derive(Debug, Default)]
+struct LiveResources {
+    /// The state ([`Vm::state_epoch`]).
+    epoch: u64,
+    /// The lowest number a new resource may have.
+    next: u64,
+    /// By number: a key of the resource type's name ([`type_key`]).
+    types: HashMap<u64, u64>,
+}
+
+/// A fixed-size key for a resource type's name (names can be long; the
+/// guest's wasmtime checks the real types again when it lowers a handle).
+fn type_key(name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    hasher.finish()
 }

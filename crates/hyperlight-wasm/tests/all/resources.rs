@@ -11,11 +11,14 @@ use crate::common::require_kvm;
 /// address of its count in the component's memory.
 const COUNTER: &str = r#"(component
   (type $r (resource (rep i32)))
+  (type $r2 (resource (rep i32)))
   (core func $new (canon resource.new $r))
   (core func $rep (canon resource.rep $r))
+  (core func $new2 (canon resource.new $r2))
   (core module $m
     (import "res" "new" (func $new (param i32) (result i32)))
     (import "res" "rep" (func $rep (param i32) (result i32)))
+    (import "res" "new2" (func $new2 (param i32) (result i32)))
     (memory 1)
     (global $bump (mut i32) (i32.const 16))
     (func (export "ctor") (param $start i32) (result i32)
@@ -33,10 +36,18 @@ const COUNTER: &str = r#"(component
       (i32.load (call $rep (local.get $h))))
     (func (export "pair") (param $a i32) (param $b i32) (result i32)
       (i32.add (i32.load (local.get $a)) (i32.load (local.get $b))))
-    (func (export "boom") unreachable))
+    (func (export "boom") unreachable)
+    (func (export "ctor2") (param i32) (result i32) (call $new2 (local.get 0)))
+    (func (export "mix") (param $h i32) (param $rep i32) (result i32) (i32.load (local.get $rep))))
   (core instance $i (instantiate $m
-    (with "res" (instance (export "new" (func $new)) (export "rep" (func $rep))))))
+    (with "res" (instance (export "new" (func $new)) (export "rep" (func $rep))
+      (export "new2" (func $new2))))))
   (export $counter "counter" (type $r))
+  (export $other "other" (type $r2))
+  (func (export "[constructor]other") (param "v" u32) (result (own $other))
+    (canon lift (core func $i "ctor2")))
+  (func (export "mix") (param "a" (own $counter)) (param "b" (borrow $counter)) (result u32)
+    (canon lift (core func $i "mix")))
   (func (export "[constructor]counter") (param "start" u32) (result (own $counter))
     (canon lift (core func $i "ctor")))
   (func (export "[method]counter.inc") (param "self" (borrow $counter)) (result u32)
@@ -74,7 +85,7 @@ fn inc(
 
 fn refused(result: hyperlight_wasm::Result<u32>, why: &str) {
     match result {
-        Err(Error::GuestFunctionParameterTypeMismatch { message, .. }) => {
+        Err(Error::InvalidResource { message }) => {
             assert!(message.contains(why), "`{why}` not in: {message}");
         }
         other => panic!("expected a refusal ({why}), got {other:?}"),
@@ -110,8 +121,20 @@ fn resources_are_made_lent_given_back_and_dropped_through_handles() {
             .unwrap(),
         [Val::U32(14)]
     );
+    // A handle of another resource type, and one both lent and given away.
+    let other: ResourceHandle = sandbox.call_typed("[constructor]other", (1u32,)).unwrap();
+    let e = inc(&mut sandbox, other).unwrap_err();
+    assert!(
+        matches!(&e, Error::GuestFunctionParameterTypeMismatch { message, .. } if message.contains("is not a `counter`")),
+        "{e:?}"
+    );
+    refused(
+        sandbox.call_typed("mix", (a, a)),
+        "both lent and given away",
+    );
+    assert_eq!(inc(&mut sandbox, a).unwrap(), 8);
     // Given back (own): the handle ends.
-    assert_eq!(sandbox.call_typed::<_, u32>("take", (a,)).unwrap(), 7);
+    assert_eq!(sandbox.call_typed::<_, u32>("take", (a,)).unwrap(), 8);
     refused(inc(&mut sandbox, a), "given back");
     // Dropped: the handle ends; dropping again is refused.
     sandbox.drop_resource(b).unwrap();

@@ -147,7 +147,7 @@ fn a_wit_bindgen_resource_is_made_borrowed_in_a_list_and_given_back() {
     );
     assert!(matches!(
         sandbox.call_typed::<_, u32>(&f("total"), (vec![b],)),
-        Err(Error::GuestFunctionParameterTypeMismatch { .. })
+        Err(Error::InvalidResource { .. })
     ));
     sandbox.drop_resource(a).unwrap();
     assert!(matches!(

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use hyperlight_wasm::component::Val;
 use hyperlight_wasm::{DirAccess, Error, OutputStream, SandboxBuilder, WasiConfig};
 
 use crate::common::require_kvm;
@@ -172,6 +173,30 @@ fn a_wasip2_command_cannot_open_more_files_than_allowed() {
         .parse()
         .unwrap();
     assert!(opened <= 10, "{}", ran.stdout);
+    // The host's limit reaches Rust as WASI 0.2's closest code.
+    assert!(
+        ran.stdout.ends_with(" files: OutOfMemory\n"),
+        "{}",
+        ran.stdout
+    );
+}
+
+#[test]
+fn a_directory_listing_longer_than_a_message_is_read_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..600 {
+        std::fs::write(dir.path().join(format!("{i:04}-{}", "x".repeat(40))), "").unwrap();
+    }
+    // Small buffers: the listing takes several batches.
+    let small = SandboxBuilder::new()
+        .with_guest_input_buffer_size(16 * 1024)
+        .with_guest_output_buffer_size(16 * 1024);
+    let ran = run_with(
+        with_dir(dir.path(), DirAccess::ReadOnly, &["count", "/data"]),
+        small,
+    );
+    assert_eq!(ran.exit.unwrap(), 0, "stderr: {}", ran.stderr);
+    assert_eq!(ran.stdout, "600 entries\n");
 }
 
 #[test]
@@ -295,9 +320,13 @@ fn the_wasi_resources_a_component_holds_are_bounded() {
         matches!(&e, Error::GuestTrap { message, .. } if message.contains("4096 WASI resources")),
         "{e:?}"
     );
-    // The next call starts afresh.
+    // The next call starts afresh, and meets the bound again.
     assert!(!sandbox.is_poisoned());
-    assert!(sandbox.call("run", &[]).is_err());
+    let e = sandbox.call("run", &[]).unwrap_err();
+    assert!(
+        matches!(&e, Error::GuestTrap { message, .. } if message.contains("4096 WASI resources")),
+        "{e:?}"
+    );
 }
 
 #[test]
@@ -356,3 +385,56 @@ fn a_wasi_function_the_sandbox_does_not_provide_traps_with_its_name_when_called(
         "{e:?}"
     );
 }
+
+#[test]
+fn a_huge_random_request_is_a_trap_not_an_allocation() {
+    require_kvm();
+    let wat = format!(
+        r#"(component
+        (import "wasi:random/random@0.2.0" (instance $random
+            (export "get-random-bytes" (func (param "len" u64) (result (list u8))))))
+        (alias export $random "get-random-bytes" (func $get))
+        {LIBC}
+        (core func $get_core (canon lower (func $get)
+            (memory (core memory $libc "mem")) (realloc (core func $libc "realloc"))))
+        (core module $m
+            (import "host" "get" (func $get (param i64 i32)))
+            (import "libc" "mem" (memory 1))
+            (func (export "run") (param $len i64) (result i32)
+                (call $get (local.get $len) (i32.const 8))
+                (i32.load (i32.const 12))))
+        (core instance $i (instantiate $m
+            (with "host" (instance (export "get" (func $get_core))))
+            (with "libc" (instance $libc))))
+        (func (export "run") (param "len" u64) (result u32) (canon lift (core func $i "run"))))"#
+    );
+    let mut sandbox = SandboxBuilder::new()
+        .build()
+        .unwrap()
+        .load_runtime()
+        .unwrap()
+        .load_component_from_buffer(wat.as_bytes())
+        .unwrap();
+    assert_eq!(sandbox.call_typed::<_, u32>("run", (32u64,)).unwrap(), 32);
+    let e = sandbox.call("run", &[Val::U64(1 << 40)]).unwrap_err();
+    assert!(
+        matches!(&e, Error::GuestTrap { message, .. } if message.contains("random bytes in one call")),
+        "{e:?}"
+    );
+}
+
+/// A memory in a core instance `$libc` (the first 4 KiB for the test's own
+/// use), with a bump allocator.
+const LIBC: &str = r#"
+  (core module $libc
+    (memory (export "mem") 1)
+    (global $heap (mut i32) (i32.const 4096))
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
+      (local $p i32)
+      global.get $heap local.get 2 i32.add i32.const 1 i32.sub
+      i32.const 0 local.get 2 i32.sub i32.and
+      local.set $p
+      local.get $p local.get 3 i32.add global.set $heap
+      local.get $p))
+  (core instance $libc (instantiate $libc))
+"#;
