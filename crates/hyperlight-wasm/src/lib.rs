@@ -125,9 +125,9 @@ pub use hyperlight_wasm_protocol::message::ErrorCode as GuestErrorCode;
 pub use metrics::set_metrics_registry;
 pub use sandbox::{
     DirAccess, HostFunction, HostParameterType, HostReturnType, LoadedWasmSandbox, ModuleAbi,
-    OutputStream, ParameterTuple, ParameterValue, ProtoWasmSandbox, ReturnType, ReturnValue,
-    SandboxBuilder, Snapshot, SupportedParameterType, SupportedReturnType, TypedGuestFunction,
-    WasiConfig, WasmSandbox,
+    OutputStream, ParameterTuple, ParameterValue, PoolStats, PooledSandbox, ProtoWasmSandbox,
+    ReturnType, ReturnValue, SandboxBuilder, SandboxPool, Snapshot, SupportedParameterType,
+    SupportedReturnType, TypedGuestFunction, WasiConfig, WasmSandbox,
 };
 pub use vm::images::clear as clear_image_cache;
 pub use vm::interrupt::{InterruptHandle, set_interrupt_signal};

@@ -20,7 +20,7 @@ use std::time::Duration;
 use hyperlight_wasm::component::{ComponentFunction, Val};
 use hyperlight_wasm::{
     ExportedFunction, LoadedComponentSandbox, LoadedWasmSandbox, ParameterValue, ReturnType,
-    ReturnValue, SandboxBuilder,
+    ReturnValue, SandboxBuilder, SandboxPool,
 };
 use prometheus::Registry;
 use tokio::sync::oneshot;
@@ -40,6 +40,9 @@ pub struct SandboxBackend {
     exports: Vec<ExportedFunction>,
     /// A component's exports, read by loading it once (`None`: a module).
     component_exports: Option<Vec<ComponentFunction>>,
+    /// Sandboxes made ahead on a thread of their own, for `renew` (a new
+    /// sandbox per request): a request takes a ready one.
+    warm: Option<SandboxPool>,
 }
 
 impl std::fmt::Debug for SandboxBackend {
@@ -69,6 +72,7 @@ impl SandboxBackend {
                 module,
                 exports: Vec::new(),
                 component_exports: Some(loaded.exports().to_vec()),
+                warm: None,
             });
         }
         let exports = hyperlight_wasm::inspect(&module)?.exports().to_vec();
@@ -77,7 +81,22 @@ impl SandboxBackend {
             module,
             exports,
             component_exports: None,
+            warm: None,
         })
+    }
+
+    /// Makes fresh sandboxes of a module ahead of need, `size` at a time,
+    /// on a thread of their own (for the `renew` strategy). Components are
+    /// made when needed, as before.
+    pub fn with_warm_pool(mut self, size: usize) -> Result<SandboxBackend, hyperlight_wasm::Error> {
+        if self.component_exports.is_none() {
+            self.warm = Some(SandboxPool::new(
+                self.builder.clone(),
+                self.module.clone(),
+                size,
+            )?);
+        }
+        Ok(self)
     }
 }
 
@@ -97,6 +116,10 @@ impl Backend for SandboxBackend {
                 format!("cannot create a sandbox: {}", chain(&e)),
             )
         };
+        if let Some(warm) = self.warm.as_ref().filter(|_| !persistent) {
+            let sandbox = warm.get().map_err(cannot)?.detach();
+            return Ok(Box::new(SandboxInstance(sandbox)));
+        }
         let runtime = self
             .builder
             .clone()
@@ -350,9 +373,13 @@ pub fn serve(options: ServeOptions) -> Result<(), CliError> {
     let mut modules: Vec<(String, Arc<dyn Backend>)> = Vec::new();
     for (name, path) in specs {
         let bytes = read_file(&path)?;
-        let backend = SandboxBackend::new(builder.clone(), bytes).map_err(CliError::sandbox(
-            format!("cannot serve `{}`", path.display()),
-        ))?;
+        let cannot = || CliError::sandbox(format!("cannot serve `{}`", path.display()));
+        let mut backend = SandboxBackend::new(builder.clone(), bytes).map_err(cannot())?;
+        if options.strategy == Strategy::Renew {
+            backend = backend
+                .with_warm_pool(usize::from(options.pool_size))
+                .map_err(cannot())?;
+        }
         tracing::info!(
             module = name,
             path = %path.display(),

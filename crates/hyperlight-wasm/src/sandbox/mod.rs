@@ -6,6 +6,7 @@ pub(crate) mod host_functions;
 mod loaded;
 mod module_abi;
 mod params;
+mod pool;
 mod proto;
 mod snapshot;
 mod values;
@@ -19,6 +20,7 @@ pub use module_abi::ModuleAbi;
 pub use params::{
     HostParameterType, HostReturnType, ParameterTuple, SupportedParameterType, SupportedReturnType,
 };
+pub use pool::{PoolStats, PooledSandbox, SandboxPool};
 pub use proto::ProtoWasmSandbox;
 pub use snapshot::Snapshot;
 pub use values::{ParameterValue, ReturnType, ReturnValue};

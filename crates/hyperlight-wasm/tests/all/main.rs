@@ -14,6 +14,7 @@ mod fixtures;
 mod host_functions;
 mod images;
 mod lifecycle;
+mod pool;
 mod resources;
 mod rust_component;
 mod samples;
