@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use hyperlight_wasm::__limits::{RawExitLoop, RawSpinLoop, RawVm};
+use hyperlight_wasm::__limits::{CallPart, RawExitLoop, RawSpinLoop, RawVm, take_call_parts};
 use hyperlight_wasm::{LoadedWasmSandbox, SandboxBuilder, wait_for_teardown};
 
 /// A small module: a trivial export and fib.
@@ -103,6 +103,62 @@ fn row(figure: &'static str, value: Duration, limit_name: &'static str, limit: D
     }
 }
 
+/// Calls averaged for the breakdown.
+const CALLS: u64 = 2000;
+
+/// The breakdown of a trivial call: per part, µs per call, fresh state and
+/// persistent, beside the medians of the raw exit and the calls.
+fn print_parts(
+    fresh: &[(CallPart, u64, u64)],
+    kept: &[(CallPart, u64, u64)],
+    raw_exit: [Duration; 2],
+    calls: [Duration; 2],
+) {
+    let per_call = |ns: u64| ns as f64 / CALLS as f64 / 1000.0;
+    println!("Where a trivial call's time goes (µs per call, {CALLS} calls each):");
+    println!();
+    println!("| part | fresh state | persistent |");
+    println!("|---|---|---|");
+    let (mut sum_fresh, mut sum_kept) = (0u64, 0u64);
+    for ((part, fresh_ns, _), (_, kept_ns, _)) in fresh.iter().zip(kept) {
+        sum_fresh += fresh_ns;
+        sum_kept += kept_ns;
+        println!(
+            "| {} | {:.2} | {:.2} |",
+            part.name(),
+            per_call(*fresh_ns),
+            per_call(*kept_ns)
+        );
+    }
+    let run = |parts: &[(CallPart, u64, u64)]| {
+        parts
+            .iter()
+            .find(|(p, _, _)| *p == CallPart::Run)
+            .map_or(0.0, |(_, ns, _)| per_call(*ns))
+    };
+    println!(
+        "| sum of the parts | {:.2} | {:.2} |",
+        per_call(sum_fresh),
+        per_call(sum_kept)
+    );
+    println!(
+        "| the call (median, above) | {:.2} | {:.2} |",
+        us(calls[0]),
+        us(calls[1])
+    );
+    println!(
+        "| raw exit round trip (median, above) | {:.2} | {:.2} |",
+        us(raw_exit[0]),
+        us(raw_exit[1])
+    );
+    println!(
+        "| guest work: KVM_RUN less the raw exit | {:.2} | {:.2} |",
+        run(fresh) - us(raw_exit[0]),
+        run(kept) - us(raw_exit[1])
+    );
+    println!();
+}
+
 fn main() {
     // Arguments (cargo bench passes `--bench`) are ignored.
 
@@ -178,6 +234,18 @@ fn main() {
         || time(|| exit_loop.round_trip().expect("exit")),
         || call(&mut kept),
     );
+    // Where a trivial call's time goes: each part timed where it happens
+    // (feature `__limits`), averaged over the same calls.
+    let parts = |sb: &mut LoadedWasmSandbox| {
+        take_call_parts();
+        for _ in 0..CALLS {
+            sb.call_guest_function::<i32>("add", (black_box(1), 2))
+                .expect("add");
+        }
+        take_call_parts()
+    };
+    let fresh_parts = parts(&mut fresh);
+    let kept_parts = parts(&mut kept);
     drop((fresh, exit_loop));
 
     // The exit-less alternative: guest and host meeting in shared memory,
@@ -236,7 +304,7 @@ fn main() {
             raw_vm_3,
         ),
         Row {
-            target: Some(2.0),
+            target: Some(1.5),
             ..row(
                 "ready sandbox, known module (build + load_runtime + load_module)",
                 chain,
@@ -295,6 +363,13 @@ fn main() {
             unit: "KiB",
         },
     ];
+
+    print_parts(
+        &fresh_parts,
+        &kept_parts,
+        [raw_exit, raw_exit_2],
+        [call_fresh, call_kept],
+    );
 
     println!("| figure | median | limit (median) | ratio | target |");
     println!("|---|---|---|---|---|");

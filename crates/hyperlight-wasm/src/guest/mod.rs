@@ -857,7 +857,9 @@ impl Guest {
     /// Writes a message into the input buffer.
     fn send<T: Serialize>(&mut self, msg: &T) -> Result<()> {
         let input = self.vm.layout().input;
-        channel::send(self.vm.memory_mut(), input, msg)
+        crate::vm::timing::time(crate::vm::timing::Part::Request, || {
+            channel::send(self.vm.memory_mut(), input, msg)
+        })
     }
 
     /// The payload of the message in the output buffer.
@@ -871,7 +873,9 @@ impl Guest {
         loop {
             match self.vm.run()? {
                 GuestExit::Done => {
-                    return channel::read(self.vm.memory(), self.vm.layout().output, "a response");
+                    return crate::vm::timing::time(crate::vm::timing::Part::Response, || {
+                        channel::read(self.vm.memory(), self.vm.layout().output, "a response")
+                    });
                 }
                 GuestExit::OutCall => {
                     self.mid_request = true;

@@ -15,6 +15,9 @@ use super::{CallLimits, Exit, KVM_TSS_ADDRESS, Vm, create_vm, kvm};
 use crate::error::{Error, Result};
 use crate::sandbox::SandboxBuilder;
 
+#[cfg(feature = "__limits")]
+pub use super::timing::{Part as CallPart, take as take_call_parts};
+
 /// The sizes of a default sandbox.
 fn default_sizes() -> Sizes {
     Sizes {

@@ -31,6 +31,7 @@ mod run;
 pub(crate) mod snapshot;
 #[cfg(any(test, feature = "__fuzz"))]
 pub(crate) mod testing;
+pub(crate) mod timing;
 pub(crate) mod tracking;
 mod vcpu_state;
 mod watchdog;
@@ -376,7 +377,7 @@ impl Vm {
             self.interrupts.check()?;
             self.interrupts.set_in_guest(true);
             self.entries += 1;
-            let result = self.run.enter(&self.vcpu);
+            let result = timing::time(timing::Part::Run, || self.run.enter(&self.vcpu));
             self.interrupts.set_in_guest(false);
             match result {
                 Ok(()) => break self.run.exit(),

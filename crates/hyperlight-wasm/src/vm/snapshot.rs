@@ -29,6 +29,7 @@ use super::error::VmError;
 use super::layout::Sizes;
 use super::mapping::Mapping;
 use super::memory::PAGE;
+use super::timing::{Part, time};
 use super::tracking::{Hot, PageSet};
 use super::vcpu_state::VcpuState;
 
@@ -237,19 +238,23 @@ impl Vm {
             // differ, so start over from the image.
             return self.adopt(snapshot);
         };
-        self.drain_pending_emulation()?;
-        self.tracker
-            .collect(&self.vm, &mut self.memory, Hot::Grow)?;
-        for page in self.tracker.differing_from(&base, snapshot).iter() {
-            match snapshot.page(page) {
-                Some(bytes) => {
-                    self.memory.write_untracked((page * PAGE) as u64, bytes)?;
+        time(Part::Drain, || self.drain_pending_emulation())?;
+        time(Part::DirtyLog, || {
+            self.tracker.collect(&self.vm, &mut self.memory, Hot::Grow)
+        })?;
+        time(Part::PageCopies, || {
+            for page in self.tracker.differing_from(&base, snapshot).iter() {
+                match snapshot.page(page) {
+                    Some(bytes) => {
+                        self.memory.write_untracked((page * PAGE) as u64, bytes)?;
+                    }
+                    None => self.memory.zero_page_untracked(page)?,
                 }
-                None => self.memory.zero_page_untracked(page)?,
             }
-        }
+            Ok::<(), VmError>(())
+        })?;
         snapshot.vcpu.apply(&self.vcpu, &self.run, self.caps)?;
-        self.tracker.restored(snapshot);
+        time(Part::Bookkeeping, || self.tracker.restored(snapshot));
         Ok(())
     }
 

@@ -7,6 +7,7 @@
 //! ioctl each: KVM applies them at the next entry), and the floating-point
 //! state by ioctl.
 
+use super::timing::{Part, time};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xsave};
 use kvm_ioctls::{SyncReg, VcpuFd};
 
@@ -77,6 +78,11 @@ impl VcpuState {
 
     /// Puts `vcpu` (whose `kvm_run` page is `run`) back to this state.
     pub(crate) fn apply(&self, vcpu: &VcpuFd, run: &KvmRun, caps: VcpuCaps) -> Result<(), VmError> {
+        time(Part::Registers, || self.apply_registers(vcpu, run, caps))?;
+        time(Part::Fpu, || self.apply_fpu(vcpu))
+    }
+
+    fn apply_registers(&self, vcpu: &VcpuFd, run: &KvmRun, caps: VcpuCaps) -> Result<(), VmError> {
         if caps.sync_regs {
             let mut sync = run.sync_regs();
             sync.regs = self.regs;
@@ -97,6 +103,10 @@ impl VcpuState {
             vcpu.set_vcpu_events(&self.events)
                 .map_err(VmError::kvm("KVM_SET_VCPU_EVENTS"))?;
         }
+        Ok(())
+    }
+
+    fn apply_fpu(&self, vcpu: &VcpuFd) -> Result<(), VmError> {
         match &self.fpu {
             FpuState::Xsave(xsave) => {
                 // SAFETY: KVM copies at most the XSAVE size of this VM, which
