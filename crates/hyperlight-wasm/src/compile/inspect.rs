@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use super::artifact::{self, ExportedFunction, Import, SIGNED_MAGIC};
-use super::{Compiled, WasmKind, check_looks_like_wasm, check_size, hex, signatures};
+use super::{Compiled, WasmKind, check_size, hex, signatures};
 use crate::error::{Error, Result};
 
 /// What kind of file [`inspect`] looked at.
@@ -173,15 +173,14 @@ pub fn inspect(bytes: &[u8]) -> Result<Inspection> {
         });
     }
     check_size(bytes.len())?;
-    check_looks_like_wasm(bytes, WasmKind::Module)?;
     let kind = if bytes.starts_with(b"\0asm") {
         ModuleKind::Binary
     } else {
         ModuleKind::Text
     };
-    let binary = wat::parse_bytes(bytes).map_err(|e| Error::InvalidModule {
-        source: Box::new(e),
-    })?;
+    // Also checks the binary that text parses to: component text is not a
+    // module.
+    let binary = super::parse_binary(bytes, WasmKind::Module)?;
     let (imports, exports) = signatures(&binary)?;
     Ok(Inspection {
         kind,
@@ -203,6 +202,15 @@ mod tests {
         (import "env" "memory" (memory 1))
         (func (export "add") (param i32 i32) (result i32)
             local.get 0 local.get 1 i32.add))"#;
+
+    #[test]
+    fn component_text_is_not_inspected_as_a_module() {
+        let e = inspect(b"(component (core module $m (func (export \"f\"))))").unwrap_err();
+        assert!(
+            matches!(&e, Error::NotWasm { reason } if reason.contains("component")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn text_binary_and_artifact_say_the_same_imports_and_exports() {

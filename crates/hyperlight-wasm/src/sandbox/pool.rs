@@ -28,10 +28,11 @@ const RETRY_AFTER: Duration = Duration::from_millis(200);
 ///
 /// ```no_run
 /// use hyperlight_wasm::{SandboxBuilder, SandboxPool};
-/// # fn main() -> hyperlight_wasm::Result<()> {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let pool = SandboxPool::new(SandboxBuilder::new(), std::fs::read("app.wasm")?, 8)?;
 /// let mut sandbox = pool.get()?; // ready: loaded, nothing to wait for
 /// let sum: i32 = sandbox.call_guest_function("add", (1, 2))?;
+/// assert_eq!(sum, 3);
 /// drop(sandbox); // back to the pool, reset
 /// # Ok(()) }
 /// ```
