@@ -336,8 +336,7 @@ fn drop_handle(store: &mut Cx<'_>, rep: u32) -> wasmtime::Result<()> {
         }
         Some(child) => {
             if let Some(parent) = child.parent()
-                && let Ok(Entry::Descriptor { children, .. }) =
-                    table.get(parent, Kind::Descriptor)
+                && let Ok(Entry::Descriptor { children, .. }) = table.get(parent, Kind::Descriptor)
             {
                 *children = children.saturating_sub(1);
             }
