@@ -101,7 +101,8 @@ pub fn define(linker: &mut Linker<Limits>) -> wasmtime::Result<()> {
 }
 
 /// The host's answer to `call` (a list of strings).
-fn strings(call: &OutCall) -> wasmtime::Result<Vec<String>> {
+/// The strings the host answers `call` with (arguments, environment).
+pub(crate) fn strings(call: &OutCall) -> wasmtime::Result<Vec<String>> {
     match ask_host(call)? {
         OutCallReply::Strings(strings) => Ok(strings),
         other => Err(Fault::new(

@@ -27,6 +27,7 @@ use wasmtime::component::{Component, Linker, ResourceDynamic, ResourceType, Val}
 use wasmtime::{Engine, StoreContextMut};
 
 use crate::abi::Fault;
+use crate::config::strings;
 use crate::fs;
 use crate::host;
 use crate::imports::{Exit, ask_host, print};
@@ -566,17 +567,6 @@ fn closed() -> Val {
 }
 
 // ---- wasi:cli ----
-
-fn strings(call: &OutCall) -> wasmtime::Result<Vec<String>> {
-    match ask_host(call)? {
-        OutCallReply::Strings(strings) => Ok(strings),
-        other => Err(Fault::new(
-            ErrorCode::BadRequest,
-            format_args!("answer {other:?} to {call:?}"),
-        )
-        .into()),
-    }
-}
 
 fn get_environment(_: &mut Cx<'_>, _: &[Val], results: &mut [Val]) -> wasmtime::Result<()> {
     let vars = strings(&OutCall::Environ)?

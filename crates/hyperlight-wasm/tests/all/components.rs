@@ -6,23 +6,7 @@
 use hyperlight_wasm::component::Val;
 use hyperlight_wasm::{Error, LoadedComponentSandbox, ProtoWasmSandbox, SandboxBuilder};
 
-use crate::common::require_kvm;
-
-/// A core module with a memory and a bump allocator, for the canonical
-/// ABI's `memory` and `realloc` options.
-const LIBC: &str = r#"
-  (core module $libc
-    (memory (export "mem") 1)
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      global.get $heap local.get 2 i32.add i32.const 1 i32.sub
-      i32.const 0 local.get 2 i32.sub i32.and
-      local.set $p
-      local.get $p local.get 3 i32.add global.set $heap
-      local.get $p))
-  (core instance $libc (instantiate $libc))
-"#;
+use crate::common::{LIBC, require_kvm};
 
 const ADD: &str = r#"(component
   (core module $m

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hyperlight_wasm::component::Val;
 use hyperlight_wasm::{DirAccess, Error, OutputStream, SandboxBuilder, WasiConfig};
 
-use crate::common::require_kvm;
+use crate::common::{LIBC, require_kvm};
 use crate::fixtures;
 
 /// What a run printed, by stream, and its exit code (or error).
@@ -422,19 +422,3 @@ fn a_huge_random_request_is_a_trap_not_an_allocation() {
         "{e:?}"
     );
 }
-
-/// A memory in a core instance `$libc` (the first 4 KiB for the test's own
-/// use), with a bump allocator.
-const LIBC: &str = r#"
-  (core module $libc
-    (memory (export "mem") 1)
-    (global $heap (mut i32) (i32.const 4096))
-    (func (export "realloc") (param i32 i32 i32 i32) (result i32)
-      (local $p i32)
-      global.get $heap local.get 2 i32.add i32.const 1 i32.sub
-      i32.const 0 local.get 2 i32.sub i32.and
-      local.set $p
-      local.get $p local.get 3 i32.add global.set $heap
-      local.get $p))
-  (core instance $libc (instantiate $libc))
-"#;
